@@ -1,0 +1,1 @@
+"""fedadmet: coordinator."""
