@@ -11,6 +11,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,8 @@ class PrivateHeadStore:
         fd, tmp = tempfile.mkstemp(prefix=".private_heads-", suffix=".npz", dir=self.path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, **{k: np.asarray(v) for k, v in params.items()})
+                arrays: dict[str, Any] = {k: np.asarray(v) for k, v in params.items()}
+                np.savez(f, **arrays)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
