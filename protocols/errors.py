@@ -20,6 +20,7 @@ __all__ = [
     "DeploymentError",
     "FedAdmetError",
     "IntegrityError",
+    "InvalidMoleculeError",
     "MessageValidationError",
     "MissingColumnError",
     "PrivacyBudgetExceeded",
@@ -93,7 +94,9 @@ class ConfigError(FedAdmetError):
         self.key = key
         self.source = source
         where = f" in {source}" if source else ""
-        super().__init__(f"config key `{key}`{where}: {message}", got=got, expected=expected, fix=fix)
+        super().__init__(
+            f"config key `{key}`{where}: {message}", got=got, expected=expected, fix=fix
+        )
 
 
 class DataError(FedAdmetError):
@@ -113,6 +116,16 @@ class MissingColumnError(DataError):
             expected=f"a column named {column!r}",
             fix="rename the column in the file or set the column name in the config",
         )
+
+
+class InvalidMoleculeError(DataError):
+    """A SMILES string cannot be parsed or standardised; ``reason`` says why."""
+
+    def __init__(self, message: str, *, smiles: str, reason: str) -> None:
+        self.smiles = smiles
+        self.reason = reason
+        super().__init__(message, got=smiles, expected="a valid SMILES string",
+                         fix="fix or remove the row; valid rows are processed regardless")
 
 
 class IntegrityError(FedAdmetError):
