@@ -1,0 +1,224 @@
+"""Versioned molecular featurizers and the spec every party compares.
+
+Every site in a federation must featurise identically, so a featurizer is
+named with a version (``ecfp4-count-2048/v1``) and described by a
+:class:`FeaturizationSpec` (name, version, parameters, RDKit version,
+standardiser version) whose SHA-256 digest the coordinator announces and each
+participant recomputes. A site running another RDKit version gets a
+:class:`SpecMismatchError` instead of silently training on different features.
+
+Transforms are fixed functions with no data-dependent statistics (no
+per-dataset scaling), for the same reason.
+
+Featurizers:
+
+- ``ecfp4-count-2048/v1``: Morgan radius 2 count fingerprint, 2048 bits,
+  ``log1p`` of the counts (Rogers & Hahn 2010, J. Chem. Inf. Model. 50:742).
+- ``rdkit2d/v1``: RDKit's 2D descriptor list (``Descriptors._descList``,
+  sorted by name), transformed by ``sign(x) * log1p(|x|)``, non-finite
+  values set to 0, clipped to [-20, 20].
+- ``ecfp4-count-2048+rdkit2d/v1``: the two concatenated.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rdkit
+from rdkit import Chem, rdBase
+from rdkit.Chem import Descriptors, rdFingerprintGenerator
+
+from chem.standardize import STANDARDIZER_VERSION
+from protocols.canonical import canonical_json, sha256_hex
+from protocols.errors import ConfigError, SpecMismatchError
+
+__all__ = [
+    "FeaturizationSpec",
+    "available_featurizers",
+    "feature_dim",
+    "featurize",
+    "get_spec",
+]
+
+_PARALLEL_MIN_MOLECULES = 1500
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeaturizationSpec:
+    """What a featurizer is, exactly enough for two sites to agree."""
+
+    name: str
+    version: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    rdkit_version: str = rdkit.__version__
+    standardizer_version: str = STANDARDIZER_VERSION
+
+    @property
+    def key(self) -> str:
+        """Registry key, ``name/version``."""
+        return f"{self.name}/{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "params": dict(self.params),
+            "rdkit_version": self.rdkit_version,
+            "standardizer_version": self.standardizer_version,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeaturizationSpec:
+        """Inverse of :meth:`to_dict`."""
+        return cls(name=str(data["name"]), version=str(data["version"]),
+                   params=dict(data.get("params", {})),
+                   rdkit_version=str(data["rdkit_version"]),
+                   standardizer_version=str(data["standardizer_version"]))
+
+    def digest(self) -> str:
+        """SHA-256 hex of the RFC 8785 canonical JSON of :meth:`to_dict`."""
+        return sha256_hex(canonical_json(self.to_dict()))
+
+
+# ---------------------------------------------------------------- featurizers
+def _morgan_counts(mols: Sequence[Chem.Mol], *, radius: int, n_bits: int) -> np.ndarray:
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
+    out = np.empty((len(mols), n_bits), dtype=np.float32)
+    for i, mol in enumerate(mols):
+        out[i] = gen.GetCountFingerprintAsNumPy(mol)
+    np.log1p(out, out=out)
+    return out
+
+
+@lru_cache(maxsize=1)
+def _descriptor_functions() -> tuple[tuple[str, Callable[[Chem.Mol], float]], ...]:
+    return tuple(sorted(Descriptors._descList, key=lambda item: item[0]))
+
+
+def _rdkit2d(mols: Sequence[Chem.Mol]) -> np.ndarray:
+    funcs = _descriptor_functions()
+    out = np.zeros((len(mols), len(funcs)), dtype=np.float64)
+    for i, mol in enumerate(mols):
+        for j, (_, fn) in enumerate(funcs):
+            try:
+                out[i, j] = fn(mol)
+            except Exception:  # a few descriptors fail on exotic molecules
+                out[i, j] = math.nan
+    out = np.sign(out) * np.log1p(np.abs(out))
+    out[~np.isfinite(out)] = 0.0
+    np.clip(out, -20.0, 20.0, out=out)
+    return out.astype(np.float32)
+
+
+def _ecfp(mols: Sequence[Chem.Mol], params: Mapping[str, Any]) -> np.ndarray:
+    return _morgan_counts(mols, radius=int(params["radius"]), n_bits=int(params["n_bits"]))
+
+
+def _ecfp_rdkit2d(mols: Sequence[Chem.Mol], params: Mapping[str, Any]) -> np.ndarray:
+    return np.concatenate([_ecfp(mols, params), _rdkit2d(mols)], axis=1)
+
+
+_REGISTRY: dict[str, tuple[dict[str, Any], Callable[[Sequence[Chem.Mol], Mapping[str, Any]],
+                                                     np.ndarray]]] = {
+    "ecfp4-count-2048/v1": ({"radius": 2, "n_bits": 2048, "counts": True, "transform": "log1p"},
+                            _ecfp),
+    "rdkit2d/v1": ({"descriptors": "Descriptors._descList sorted by name",
+                    "transform": "sign*log1p|x|, nonfinite->0, clip[-20,20]"},
+                   lambda mols, _p: _rdkit2d(mols)),
+    "ecfp4-count-2048+rdkit2d/v1": ({"radius": 2, "n_bits": 2048, "counts": True,
+                                     "transform": "log1p; rdkit2d sign*log1p|x| clip[-20,20]"},
+                                    _ecfp_rdkit2d),
+}
+
+
+def available_featurizers() -> list[str]:
+    """Registered featurizer keys."""
+    return sorted(_REGISTRY)
+
+
+def get_spec(key: str) -> FeaturizationSpec:
+    """The spec of a registered featurizer for this site's RDKit version."""
+    if key not in _REGISTRY:
+        raise ConfigError("featurizer", "unknown featurizer", got=key,
+                          expected=" | ".join(available_featurizers()))
+    name, version = key.rsplit("/", 1)
+    params, _ = _REGISTRY[key]
+    return FeaturizationSpec(name=name, version=version, params=dict(params))
+
+
+def check_compatible(spec: FeaturizationSpec) -> None:
+    """Refuse a spec this site cannot reproduce bit for bit."""
+    local = get_spec(spec.key)
+    if local.digest() != spec.digest():
+        raise SpecMismatchError(
+            f"featurization spec {spec.key} differs from what this site computes",
+            got=spec.to_dict(), expected=local.to_dict(),
+            fix="install the RDKit version the federation announces "
+            f"({spec.rdkit_version}) so features match across sites",
+        )
+
+
+def feature_dim(spec: FeaturizationSpec) -> int:
+    """Width of the feature vectors ``spec`` produces."""
+    return int(featurize(["C"], spec, n_jobs=1).shape[1])
+
+
+def _featurize_chunk(args: tuple[str, list[str]]) -> np.ndarray:
+    key, smiles = args
+    params, fn = _REGISTRY[key]
+    mols = []
+    with rdBase.BlockLogs():
+        for s in smiles:
+            mol = Chem.MolFromSmiles(s)
+            if mol is None:
+                raise ValueError(f"featurize() needs standardised, valid SMILES; got {s!r}")
+            mols.append(mol)
+    return fn(mols, params)
+
+
+def featurize(smiles: Sequence[str], spec: FeaturizationSpec, *,
+              cache_dir: Path | None = None, n_jobs: int | None = None) -> np.ndarray:
+    """Features (float32, shape (N, dim)) for standardised SMILES.
+
+    With ``cache_dir`` the result is read from, or written to, the
+    content-addressed feature cache (see :mod:`chem.feature_cache`). Large
+    inputs are split into chunks across ``n_jobs`` processes (default: all
+    cores).
+    """
+    check_compatible(spec)
+    smiles = list(smiles)
+    if cache_dir is not None:
+        from chem.feature_cache import FeatureCache
+
+        cache = FeatureCache(cache_dir)
+        hit = cache.get(smiles, spec)
+        if hit is not None:
+            return hit
+    features = _compute(smiles, spec.key, n_jobs)
+    if cache_dir is not None:
+        cache.put(smiles, spec, features)
+    return features
+
+
+def _compute(smiles: list[str], key: str, n_jobs: int | None) -> np.ndarray:
+    jobs = n_jobs or os.cpu_count() or 1
+    if jobs <= 1 or len(smiles) < _PARALLEL_MIN_MOLECULES:
+        if not smiles:
+            dim = _featurize_chunk((key, ["C"])).shape[1]
+            return np.zeros((0, dim), dtype=np.float32)
+        return _featurize_chunk((key, smiles))
+    size = math.ceil(len(smiles) / (jobs * 4))
+    chunks = [(key, smiles[i:i + size]) for i in range(0, len(smiles), size)]
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("fork")) as pool:
+        parts = list(pool.map(_featurize_chunk, chunks))
+    return np.concatenate(parts, axis=0)
