@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random as _random
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from rdkit import Chem, rdBase
@@ -43,7 +44,7 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
 def murcko_scaffold(smiles: str) -> str | None:
     """Murcko scaffold SMILES without chirality, or None if RDKit cannot parse ``smiles``."""
     with rdBase.BlockLogs():
-        mol = Chem.MolFromSmiles(smiles)
+        mol: Any = Chem.MolFromSmiles(smiles)
         if mol is None:
             return None
         try:
