@@ -25,7 +25,14 @@ app = typer.Typer(
 )
 
 
+_mounted = False
+
+
 def _mount() -> None:
+    global _mounted
+    if _mounted:
+        return
+    _mounted = True
     from coordinator.cli import app as coordinator_app
     from participant.audit_cli import app as audit_app
     from participant.cli import app as participant_app

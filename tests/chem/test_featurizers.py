@@ -1,0 +1,101 @@
+"""Featurizers are versioned, deterministic, cached, and refuse foreign specs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chem.feature_cache import FeatureCache
+from chem.featurizers import FeaturizationSpec, available_featurizers, featurize, get_spec
+from chem.standardize import standardize_many
+from protocols.errors import ConfigError, SpecMismatchError
+from tests.chem.conftest import DRUGS
+
+STD = standardize_many(DRUGS).smiles
+
+
+def test_registry_names_are_versioned() -> None:
+    names = available_featurizers()
+    assert {"ecfp4-count-2048/v1", "rdkit2d/v1"} <= set(names)
+    assert all("/v" in n for n in names)
+    with pytest.raises(ConfigError):
+        get_spec("ecfp4/v9")
+
+
+def test_dimensions_and_transforms() -> None:
+    ecfp = featurize(STD, get_spec("ecfp4-count-2048/v1"), n_jobs=1)
+    assert ecfp.shape == (len(STD), 2048) and ecfp.dtype == np.float32
+    assert ecfp.min() >= 0 and np.allclose(ecfp, np.log1p(np.expm1(ecfp)))
+    desc = featurize(STD, get_spec("rdkit2d/v1"), n_jobs=1)
+    assert desc.shape[0] == len(STD) and np.isfinite(desc).all()
+    assert np.abs(desc).max() <= 20.0
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.sampled_from(STD), min_size=1, max_size=8))
+def test_featurisation_is_deterministic(smiles: list[str]) -> None:
+    spec = get_spec("ecfp4-count-2048/v1")
+    a = featurize(smiles, spec, n_jobs=1)
+    b = featurize(list(reversed(smiles)), spec, n_jobs=1)[::-1]
+    assert np.array_equal(a, b)
+
+
+def test_parallel_equals_serial() -> None:
+    smiles = STD * 100  # above the parallel threshold
+    spec = get_spec("ecfp4-count-2048/v1")
+    assert np.array_equal(featurize(smiles, spec, n_jobs=1), featurize(smiles, spec, n_jobs=2))
+
+
+def test_spec_digest_is_stable_across_processes() -> None:
+    code = ("from chem.featurizers import get_spec; import json; print(json.dumps("
+            "{k: get_spec(k).digest() for k in ['ecfp4-count-2048/v1', 'rdkit2d/v1']}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=120)
+    assert json.loads(out.stdout) == {k: get_spec(k).digest()
+                                      for k in ["ecfp4-count-2048/v1", "rdkit2d/v1"]}
+
+
+def test_a_spec_from_another_rdkit_version_is_refused() -> None:
+    spec = get_spec("ecfp4-count-2048/v1")
+    foreign = FeaturizationSpec(name=spec.name, version=spec.version, params=spec.params,
+                                rdkit_version="2019.03.1")
+    assert foreign.digest() != spec.digest()
+    with pytest.raises(SpecMismatchError) as err:
+        featurize(STD, foreign)
+    assert "2019.03.1" in str(err.value)
+
+
+def test_spec_round_trips_through_dict() -> None:
+    spec = get_spec("rdkit2d/v1")
+    assert FeaturizationSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_warm_cache_returns_identical_features(tmp_path: Path) -> None:
+    spec = get_spec("ecfp4-count-2048/v1")
+    cold = featurize(STD, spec, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+    assert np.array_equal(featurize(STD, spec, cache_dir=tmp_path), cold)
+
+
+def test_corrupted_cache_entry_is_recomputed(tmp_path: Path) -> None:
+    spec = get_spec("ecfp4-count-2048/v1")
+    cold = featurize(STD, spec, cache_dir=tmp_path)
+    entry = next(tmp_path.glob("*.npy"))
+    raw = bytearray(entry.read_bytes())
+    raw[-1] ^= 0xFF
+    entry.write_bytes(bytes(raw))
+    assert FeatureCache(tmp_path).get(STD, spec) is None
+    assert np.array_equal(featurize(STD, spec, cache_dir=tmp_path), cold)
+
+
+def test_cache_key_depends_on_molecules_order_and_spec() -> None:
+    a, b = get_spec("ecfp4-count-2048/v1"), get_spec("rdkit2d/v1")
+    keys = {FeatureCache.key(STD, a), FeatureCache.key(STD[::-1], a), FeatureCache.key(STD, b)}
+    assert len(keys) == 3
