@@ -89,7 +89,7 @@ def fit(
             loss = masked_loss(model(x[idx]), y[idx], m[idx], model.spec)
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         model.eval()
         with torch.no_grad():
             vloss = float(masked_loss(model(xv), yv, mv, model.spec)) if len(xv) else math.nan

@@ -1,0 +1,322 @@
+"""Signed, hash-chained per-round audit receipts with Merkle inclusion proofs.
+
+After every round the coordinator signs a :class:`RoundReceipt`: which
+submissions it saw, which it accepted or rejected and why, their weights and
+claimed privacy spend, the global model before and after, the digest of the
+round's configuration, and the hash of the previous receipt. Participants and
+auditors can then prove, without trusting the operator, which updates went
+into which model under which privacy parameters. ``docs/receipts.md`` is the
+normative specification of the bytes; this module implements it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from protocols import merkle
+from protocols.canonical import canonical_json, sha256_hex
+from protocols.errors import MessageValidationError, ReceiptVerificationError, SignatureError
+from protocols.messages import (
+    PROTOCOL_VERSION,
+    Wire,
+    _check_float,
+    _check_int,
+    _check_str,
+    _check_version,
+    check_digest,
+    check_fingerprint,
+    check_participant_id,
+)
+from protocols.signing import Ed25519PrivateKey, Ed25519PublicKey, fingerprint, sign, verify
+
+__all__ = [
+    "GENESIS_HASH",
+    "ChainReport",
+    "InclusionProof",
+    "ReceiptLeaf",
+    "RoundReceipt",
+    "build_receipt",
+    "parse_receipt",
+    "proof_for",
+    "receipt_hash",
+    "sign_receipt",
+    "verify_chain",
+    "verify_receipt_for_participant",
+    "verify_receipt_signature",
+]
+
+GENESIS_HASH = "0" * 64
+STATUSES = ("accepted", "rejected", "dropped", "refused")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReceiptLeaf(Wire):
+    """One participant's line in a round receipt."""
+
+    KIND: ClassVar[str] = "receipt-leaf"
+    participant_fingerprint: str
+    status: str
+    reason: str | None = None
+    update_digest: str | None = None
+    participant_signature: str | None = None
+    weight: float = 0.0
+    claimed_epsilon: float | None = None
+
+    def __post_init__(self) -> None:
+        n = "ReceiptLeaf"
+        check_participant_id(n, "participant_fingerprint", self.participant_fingerprint)
+        if self.status not in STATUSES:
+            raise MessageValidationError("ReceiptLeaf.status is invalid", got=self.status,
+                                         expected=" | ".join(STATUSES))
+        if self.update_digest is not None:
+            check_digest(n, "update_digest", self.update_digest)
+        _check_float(n, "weight", self.weight, lo=0.0, hi=1.0)
+        if self.claimed_epsilon is not None:
+            _check_float(n, "claimed_epsilon", self.claimed_epsilon, lo=0.0)
+        if self.status == "accepted" and (self.update_digest is None or self.reason is not None):
+            raise MessageValidationError("an accepted leaf needs an update digest and no reason",
+                                         got=self.to_dict())
+        if self.status != "accepted" and (not self.reason or self.weight != 0.0):
+            raise MessageValidationError("a non-accepted leaf needs a reason and zero weight",
+                                         got=self.to_dict())
+
+    def leaf_bytes(self) -> bytes:
+        """The bytes hashed into the Merkle tree: canonical JSON of the leaf."""
+        return self.canonical_bytes()
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundReceipt(Wire):
+    """The coordinator's signed account of one round."""
+
+    KIND: ClassVar[str] = "round-receipt"
+    protocol_version: str
+    federation_id: str
+    round: int
+    issued_at: str
+    previous_receipt_hash: str
+    model_digest_before: str
+    model_digest_after: str
+    config_digest: str
+    leaves: tuple[ReceiptLeaf, ...]
+    merkle_root: str
+    coordinator_fingerprint: str
+    signature: str = "0" * 128
+
+    def __post_init__(self) -> None:
+        n = "RoundReceipt"
+        _check_version(n, self.protocol_version)
+        _check_str(n, "federation_id", self.federation_id)
+        _check_int(n, "round", self.round, minimum=1)
+        if not isinstance(self.issued_at, str) or not self.issued_at.endswith("Z"):
+            raise MessageValidationError("RoundReceipt.issued_at must be RFC 3339 UTC",
+                                         got=self.issued_at, expected="YYYY-MM-DDTHH:MM:SSZ")
+        for name in ("previous_receipt_hash", "model_digest_before", "model_digest_after",
+                     "config_digest", "merkle_root"):
+            check_digest(n, name, getattr(self, name))
+        check_fingerprint(n, "coordinator_fingerprint", self.coordinator_fingerprint)
+        leaves = tuple(ReceiptLeaf.from_dict(leaf) if isinstance(leaf, Mapping) else leaf
+                       for leaf in self.leaves)
+        object.__setattr__(self, "leaves", leaves)
+        ids = [leaf.participant_fingerprint for leaf in leaves]
+        if ids != sorted(ids) or len(set(ids)) != len(ids):
+            raise MessageValidationError("receipt leaves must be unique and sorted by fingerprint",
+                                         got=ids)
+
+    def signing_payload(self) -> bytes:
+        """Canonical bytes of every field except ``signature``."""
+        d = self.to_dict()
+        del d["signature"]
+        return canonical_json(d)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InclusionProof(Wire):
+    """Proof that one leaf is in a receipt's Merkle tree."""
+
+    KIND: ClassVar[str] = "inclusion-proof"
+    round: int
+    leaf_index: int
+    tree_size: int
+    path: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", tuple(self.path))
+        for i, h in enumerate(self.path):
+            check_digest("InclusionProof", f"path[{i}]", h)
+
+
+def _root_hex(leaves: Sequence[ReceiptLeaf]) -> str:
+    return merkle.merkle_root([leaf.leaf_bytes() for leaf in leaves]).hex()
+
+
+def build_receipt(*, federation_id: str, round: int, issued_at: str, previous_receipt_hash: str,
+                  model_digest_before: str, model_digest_after: str, config_digest: str,
+                  leaves: Sequence[ReceiptLeaf], coordinator_key: Ed25519PrivateKey
+                  ) -> RoundReceipt:
+    """Build and sign a receipt; leaves are sorted by fingerprint here."""
+    ordered = tuple(sorted(leaves, key=lambda leaf: leaf.participant_fingerprint))
+    unsigned = RoundReceipt(
+        protocol_version=PROTOCOL_VERSION, federation_id=federation_id, round=round,
+        issued_at=issued_at, previous_receipt_hash=previous_receipt_hash,
+        model_digest_before=model_digest_before, model_digest_after=model_digest_after,
+        config_digest=config_digest, leaves=ordered, merkle_root=_root_hex(ordered),
+        coordinator_fingerprint=fingerprint(coordinator_key),
+    )
+    return sign_receipt(unsigned, coordinator_key)
+
+
+def sign_receipt(receipt: RoundReceipt, key: Ed25519PrivateKey) -> RoundReceipt:
+    """The receipt with the coordinator's signature over its signing payload."""
+    d = receipt.to_dict()
+    d["signature"] = sign(key, receipt.signing_payload())
+    return RoundReceipt.from_dict(d)
+
+
+def receipt_hash(receipt: RoundReceipt) -> str:
+    """SHA-256 hex of the full signed receipt's canonical bytes (what the next receipt chains)."""
+    return sha256_hex(receipt.canonical_bytes())
+
+
+def parse_receipt(data: bytes | Mapping[str, Any]) -> RoundReceipt:
+    """Parse stored bytes (which must be exactly canonical) or a JSON object."""
+    if isinstance(data, bytes | bytearray):
+        try:
+            obj = json.loads(data)
+        except ValueError as exc:
+            raise MessageValidationError("receipt is not valid JSON", got=str(exc)) from exc
+        receipt = RoundReceipt.from_dict(obj)
+        if receipt.canonical_bytes() != bytes(data):
+            raise MessageValidationError("receipt bytes are not in canonical form",
+                                         expected="RFC 8785 canonical JSON, byte for byte")
+        return receipt
+    return RoundReceipt.from_dict(data)
+
+
+def proof_for(receipt: RoundReceipt, participant: str) -> InclusionProof | None:
+    """Inclusion proof of ``participant``'s leaf, or None if it has none."""
+    ids = [leaf.participant_fingerprint for leaf in receipt.leaves]
+    if participant not in ids:
+        return None
+    index = ids.index(participant)
+    path = merkle.inclusion_proof(index, [leaf.leaf_bytes() for leaf in receipt.leaves])
+    return InclusionProof(round=receipt.round, leaf_index=index, tree_size=len(ids),
+                          path=tuple(h.hex() for h in path))
+
+
+def verify_receipt_signature(receipt: RoundReceipt, key: Ed25519PublicKey) -> None:
+    """Signature by the pinned coordinator key, and a Merkle root that matches the leaves."""
+    if receipt.coordinator_fingerprint != fingerprint(key):
+        raise ReceiptVerificationError("signature", "receipt names another coordinator key",
+                                       round=receipt.round, got=receipt.coordinator_fingerprint,
+                                       expected=fingerprint(key))
+    try:
+        verify(key, receipt.signing_payload(), receipt.signature, what="round receipt")
+    except SignatureError as exc:
+        raise ReceiptVerificationError("signature", exc.message, round=receipt.round) from exc
+    if _root_hex(receipt.leaves) != receipt.merkle_root:
+        raise ReceiptVerificationError("merkle-root", "leaves do not hash to the Merkle root",
+                                       round=receipt.round)
+
+
+def verify_receipt_for_participant(
+    receipt: RoundReceipt, proof: InclusionProof | None, *, coordinator_key: Ed25519PublicKey,
+    last_receipt_hash: str | None, last_round: int, own_fingerprint: str,
+    own_update_digest: str | None, received_global_model_digest: str | None,
+) -> ReceiptLeaf | None:
+    """The participant's five checks, in order; returns its own leaf if it has one.
+
+    1. ``signature``: signed by the coordinator key pinned at enrolment;
+    2. ``chain``: links to the last receipt this participant holds;
+    3. ``inclusion``: its own submission is in the tree with the digest it sent;
+    4. ``model-digest``: the global model it now receives is the receipt's "after";
+    5. ``round-monotone``: the round number is above every round it holds.
+
+    ``own_update_digest`` is None when the participant sent nothing that round;
+    ``received_global_model_digest`` is None when this is not the newest receipt.
+    """
+    verify_receipt_signature(receipt, coordinator_key)
+    expected_prev = last_receipt_hash if last_receipt_hash is not None else GENESIS_HASH
+    if receipt.round <= last_round:
+        raise ReceiptVerificationError("round-monotone", "round number did not increase",
+                                       round=receipt.round, got=receipt.round,
+                                       expected=f"> {last_round}")
+    if receipt.previous_receipt_hash != expected_prev:
+        raise ReceiptVerificationError("chain", "does not link to the last receipt held",
+                                       round=receipt.round, got=receipt.previous_receipt_hash,
+                                       expected=expected_prev)
+    own: ReceiptLeaf | None = None
+    if own_update_digest is not None:
+        if proof is None:
+            raise ReceiptVerificationError("inclusion", "no inclusion proof for our submission",
+                                           round=receipt.round)
+        leaves = {leaf.participant_fingerprint: leaf for leaf in receipt.leaves}
+        own = leaves.get(own_fingerprint)
+        if own is None or own.update_digest != own_update_digest:
+            raise ReceiptVerificationError(
+                "inclusion", "our submission is missing or altered", round=receipt.round,
+                got=None if own is None else own.update_digest, expected=own_update_digest)
+        merkle.verify_inclusion(own.leaf_bytes(), proof.leaf_index, proof.tree_size,
+                                [bytes.fromhex(h) for h in proof.path],
+                                bytes.fromhex(receipt.merkle_root))
+    if (received_global_model_digest is not None
+            and received_global_model_digest != receipt.model_digest_after):
+        raise ReceiptVerificationError(
+            "model-digest", "the global model received is not the one the receipt attests",
+            round=receipt.round, got=received_global_model_digest,
+            expected=receipt.model_digest_after,
+            fix="stop: the coordinator sent a model other than the aggregate it signed")
+    return own
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChainReport:
+    """Result of an offline chain verification."""
+
+    ok: bool
+    verified: int
+    head_hash: str
+    first_bad_index: int | None = None
+    first_bad_round: int | None = None
+    reason: str | None = None
+
+
+def verify_chain(receipts: Sequence[bytes], *, coordinator_key: Ed25519PublicKey) -> ChainReport:
+    """Verify stored receipts in order; report the first bad one and why.
+
+    Detects a changed byte (not canonical, bad signature or Merkle root),
+    a removed receipt (a gap in rounds), reordered or inserted receipts, and
+    forks (two receipts for one round, or a link to something else).
+    """
+    prev_hash, prev_round = GENESIS_HASH, 0
+    seen_rounds: set[int] = set()
+    for i, raw in enumerate(receipts):
+        def bad(reason: str, round_: int | None = None, i: int = i, prev: str = prev_hash
+                ) -> ChainReport:
+            return ChainReport(ok=False, verified=i, head_hash=prev, first_bad_index=i,
+                               first_bad_round=round_, reason=reason)
+        try:
+            receipt = parse_receipt(raw)
+        except MessageValidationError as exc:
+            return bad(f"changed or malformed bytes: {exc.message}")
+        try:
+            verify_receipt_signature(receipt, coordinator_key)
+        except ReceiptVerificationError as exc:
+            return bad(f"bad signature or altered content: {exc.message}", receipt.round)
+        if receipt.round in seen_rounds:
+            return bad(f"forked chain: a second receipt for round {receipt.round}", receipt.round)
+        if receipt.round < prev_round:
+            return bad(f"reordered receipts: round {receipt.round} after round {prev_round}",
+                       receipt.round)
+        if receipt.round > prev_round + 1:
+            return bad(f"removed receipt(s): round {receipt.round} follows round {prev_round}",
+                       receipt.round)
+        if receipt.previous_receipt_hash != prev_hash:
+            return bad("forked chain or inserted receipt: previous-receipt hash does not "
+                       "match the receipt before it", receipt.round)
+        seen_rounds.add(receipt.round)
+        prev_hash, prev_round = receipt_hash(receipt), receipt.round
+    return ChainReport(ok=True, verified=len(receipts), head_hash=prev_hash)

@@ -1,0 +1,180 @@
+"""Receipts: chain verification and the participant's five checks, attack by attack."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from protocols.errors import MessageValidationError, ReceiptVerificationError, SignatureError
+from protocols.messages import UpdateSubmission
+from protocols.receipts import (
+    GENESIS_HASH,
+    RoundReceipt,
+    build_receipt,
+    proof_for,
+    receipt_hash,
+    verify_chain,
+    verify_receipt_for_participant,
+)
+from protocols.signing import fingerprint, verify
+from tests.protocols.factories import COORDINATOR, MEMBERS, chain, key, submission
+
+PUB = COORDINATOR.public_key()
+
+
+def _bytes(receipts: list[RoundReceipt]) -> list[bytes]:
+    return [r.canonical_bytes() for r in receipts]
+
+
+def test_honest_chain_verifies() -> None:
+    receipts = chain(5)
+    report = verify_chain(_bytes(receipts), coordinator_key=PUB)
+    assert report.ok and report.verified == 5
+    assert report.head_hash == receipt_hash(receipts[-1])
+
+
+def test_tampered_receipt_is_rejected() -> None:
+    raw = _bytes(chain(4))
+    obj = json.loads(raw[2])
+    obj["leaves"][0]["claimed_epsilon"] = 0.5  # understate a member's privacy spend
+    raw[2] = RoundReceipt.from_dict(obj).canonical_bytes()
+    report = verify_chain(raw, coordinator_key=PUB)
+    assert not report.ok and report.first_bad_index == 2 and report.first_bad_round == 3
+    assert "signature" in (report.reason or "")
+
+
+def test_changed_byte_is_detected_even_outside_json_values() -> None:
+    raw = _bytes(chain(3))
+    raw[1] = raw[1].replace(b'{"', b'{ "', 1)
+    report = verify_chain(raw, coordinator_key=PUB)
+    assert not report.ok and report.first_bad_index == 1 and "changed" in (report.reason or "")
+
+
+def test_dropped_receipt_is_detected() -> None:
+    raw = _bytes(chain(5))
+    del raw[2]
+    report = verify_chain(raw, coordinator_key=PUB)
+    assert not report.ok and report.first_bad_index == 2 and "removed" in (report.reason or "")
+
+
+def test_reordered_receipts_are_detected() -> None:
+    raw = _bytes(chain(4))
+    raw[1], raw[2] = raw[2], raw[1]
+    report = verify_chain(raw, coordinator_key=PUB)
+    assert not report.ok and report.first_bad_index == 1
+
+
+def test_forked_chain_is_detected() -> None:
+    honest = chain(3)
+    fork = build_receipt(federation_id="fed", round=3, issued_at="2026-11-22T13:00:00Z",
+                         previous_receipt_hash=receipt_hash(honest[1]),
+                         model_digest_before=honest[2].model_digest_before,
+                         model_digest_after="9" * 64, config_digest="d" * 64,
+                         leaves=honest[2].leaves, coordinator_key=COORDINATOR)
+    report = verify_chain(_bytes([*honest, fork]), coordinator_key=PUB)
+    assert not report.ok and report.first_bad_index == 3 and "fork" in (report.reason or "")
+
+
+def test_inserted_receipt_is_detected() -> None:
+    honest = chain(3)
+    inserted = build_receipt(federation_id="fed", round=3, issued_at="2026-11-22T13:00:00Z",
+                             previous_receipt_hash="7" * 64,
+                             model_digest_before="1" * 64, model_digest_after="2" * 64,
+                             config_digest="d" * 64, leaves=honest[2].leaves,
+                             coordinator_key=COORDINATOR)
+    report = verify_chain(_bytes([*honest[:2], inserted]), coordinator_key=PUB)
+    assert not report.ok and report.first_bad_index == 2
+
+
+def test_receipt_signed_by_another_key_is_rejected() -> None:
+    raw = _bytes(chain(2))
+    report = verify_chain(raw, coordinator_key=key(99).public_key())
+    assert not report.ok and report.first_bad_index == 0
+
+
+def _participant_check(receipt: RoundReceipt, member_index: int = 0, **overrides: object) -> None:
+    member = MEMBERS[member_index]
+    leaf = next(x for x in receipt.leaves if x.participant_fingerprint == fingerprint(member))
+    kwargs: dict[str, object] = {
+        "coordinator_key": PUB, "last_receipt_hash": None, "last_round": 0,
+        "own_fingerprint": fingerprint(member), "own_update_digest": leaf.update_digest,
+        "received_global_model_digest": receipt.model_digest_after,
+    }
+    kwargs.update(overrides)
+    verify_receipt_for_participant(receipt, proof_for(receipt, fingerprint(member)),
+                                   **kwargs)  # type: ignore[arg-type]
+
+
+def test_participant_accepts_an_honest_receipt() -> None:
+    receipts = chain(2)
+    _participant_check(receipts[0])
+    _participant_check(receipts[1], last_receipt_hash=receipt_hash(receipts[0]), last_round=1)
+
+
+def test_coordinator_swapping_global_model_is_detected() -> None:
+    receipt = chain(1)[0]
+    with pytest.raises(ReceiptVerificationError) as err:
+        _participant_check(receipt, received_global_model_digest="5" * 64)
+    assert err.value.check == "model-digest"
+
+
+def test_participant_detects_omitted_submission() -> None:
+    receipt = chain(1)[0]
+    with pytest.raises(ReceiptVerificationError) as err:
+        _participant_check(receipt, own_update_digest="8" * 64)
+    assert err.value.check == "inclusion"
+
+
+def test_participant_detects_broken_chain_link() -> None:
+    receipts = chain(2)
+    with pytest.raises(ReceiptVerificationError) as err:
+        _participant_check(receipts[1], last_receipt_hash="3" * 64, last_round=1)
+    assert err.value.check == "chain"
+
+
+def test_replayed_old_receipt_fails_round_monotonicity() -> None:
+    receipts = chain(2)
+    with pytest.raises(ReceiptVerificationError) as err:
+        _participant_check(receipts[0], last_receipt_hash=receipt_hash(receipts[1]),
+                           last_round=2)
+    assert err.value.check == "round-monotone"
+
+
+def test_participant_rejects_receipt_from_unpinned_coordinator() -> None:
+    receipt = chain(1)[0]
+    with pytest.raises(ReceiptVerificationError) as err:
+        _participant_check(receipt, coordinator_key=key(77).public_key())
+    assert err.value.check == "signature"
+
+
+def test_replayed_submission_is_rejected() -> None:
+    # A round-1 submission re-sent for round 2 fails verification of the round-2 claim.
+    old = submission(MEMBERS[0], round=1)
+    replay = UpdateSubmission.from_dict({**old.to_dict(), "round": 2})
+    with pytest.raises(SignatureError):
+        verify(MEMBERS[0].public_key(), replay.signing_payload(), replay.signature, what="x")
+
+
+def test_submission_signed_by_non_enrolled_key_is_rejected() -> None:
+    outsider = key(123)
+    forged = submission(outsider)
+    enrolled = {fingerprint(m): m.public_key() for m in MEMBERS}
+    assert forged.participant_fingerprint not in enrolled
+    impersonation = UpdateSubmission.from_dict(
+        {**forged.to_dict(), "participant_fingerprint": fingerprint(MEMBERS[0])})
+    with pytest.raises(SignatureError):
+        verify(enrolled[impersonation.participant_fingerprint],
+               impersonation.signing_payload(), impersonation.signature, what="x")
+
+
+def test_leaves_must_be_sorted_and_unique() -> None:
+    receipt = chain(1)[0]
+    d = receipt.to_dict()
+    d["leaves"] = list(reversed(d["leaves"]))
+    with pytest.raises(MessageValidationError):
+        RoundReceipt.from_dict(d)
+
+
+def test_genesis_receipt_links_to_zero_hash() -> None:
+    assert chain(1)[0].previous_receipt_hash == GENESIS_HASH
