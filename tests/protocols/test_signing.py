@@ -41,7 +41,8 @@ def test_rfc8032_vectors(secret: str, public: str, message: str, signature: str)
 def test_pem_round_trip_and_fingerprint() -> None:
     key = Ed25519PrivateKey.generate()
     again = load_private_key(private_key_pem(key))
-    assert fingerprint(again) == fingerprint(key) == fingerprint(load_public_key(public_key_pem(key)))
+    from_pem = load_public_key(public_key_pem(key))
+    assert fingerprint(again) == fingerprint(key) == fingerprint(from_pem)
     assert fingerprint(key).startswith("sha256:") and len(fingerprint(key)) == 71
 
 
