@@ -177,13 +177,14 @@ def _featurize_chunk(args: tuple[str, list[str]]) -> np.ndarray:
     key, smiles = args
     params, fn = _REGISTRY[key]
     mols = []
+    # RDKit logs to stderr from C++; silence it for parsing and descriptor code alike.
     with rdBase.BlockLogs():
         for s in smiles:
             mol = Chem.MolFromSmiles(s)
             if mol is None:
                 raise ValueError(f"featurize() needs standardised, valid SMILES; got {s!r}")
             mols.append(mol)
-    return fn(mols, params)
+        return fn(mols, params)
 
 
 def featurize(smiles: Sequence[str], spec: FeaturizationSpec, *,
