@@ -1,0 +1,138 @@
+"""Admission: the pure checks every submitted update must pass before aggregation.
+
+A rejection never raises and never crashes a round: it is a value with a
+machine-readable ``reason`` (recorded in the round receipt) and a human
+``detail``. Checks run cheapest and most fundamental first, and the first
+failure decides:
+
+1. ``not-enrolled``: the signing key is not in the member list;
+2. ``bad-signature``: the Ed25519 signature does not verify (before trusting any field);
+3. ``wrong-federation`` (another protocol version never gets this far: the wire
+   message refuses to parse, and the round records the reply as malformed);
+4. ``wrong-round``: replayed or stale update;
+5. ``wrong-base-model``: started from another global model;
+6. ``wrong-model-spec`` / ``wrong-featurization-spec``: the reply's specs differ;
+7. ``wrong-tensor-set`` / ``wrong-shape`` / ``wrong-dtype``;
+8. ``delta-digest-mismatch``: the arrays are not the ones that were signed;
+9. ``non-finite``: NaN or Inf;
+10. ``norm-exceeded``: global L2 norm above the bound;
+11. ``over-budget``: claimed cumulative ε above the member's declared budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protocols.canonical import tensors_digest
+from protocols.errors import SignatureError
+from protocols.messages import UpdateSubmission
+from protocols.signing import Ed25519PublicKey, verify
+
+__all__ = ["AdmissionPolicy", "Admitted", "Member", "Rejected", "RoundExpectations", "admit"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Member:
+    """An enrolled member as admission sees it."""
+
+    name: str
+    receipt_key: Ed25519PublicKey
+    max_epsilon: float = math.inf
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdmissionPolicy:
+    """Bounds from the federation config."""
+
+    max_update_norm: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundExpectations:
+    """What a valid submission for this round must match."""
+
+    federation_id: str
+    round: int
+    base_model_digest: str
+    shapes: Mapping[str, tuple[int, ...]]
+    members: Mapping[str, Member]
+    dtype: str = "float32"
+    model_spec_digest: str | None = None
+    featurization_spec_digest: str | None = None
+    reported_specs: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Admitted:
+    """The update may be aggregated."""
+
+    member: str
+    norm: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rejected:
+    """The update is refused; ``reason`` goes into the receipt."""
+
+    reason: str
+    detail: str
+
+
+def admit(submission: UpdateSubmission, delta: Mapping[str, np.ndarray], *,
+          policy: AdmissionPolicy, expected: RoundExpectations) -> Admitted | Rejected:
+    """Decide on one submission. Pure: no I/O, no exceptions for bad input."""
+    member = expected.members.get(submission.participant_fingerprint)
+    if member is None:
+        return Rejected(reason="not-enrolled",
+                        detail=f"{submission.participant_fingerprint} is not an enrolled member")
+    try:
+        verify(member.receipt_key, submission.signing_payload(), submission.signature,
+               what=f"submission from {member.name}")
+    except SignatureError as exc:
+        return Rejected(reason="bad-signature", detail=exc.message)
+    if submission.federation_id != expected.federation_id:
+        return Rejected(reason="wrong-federation", detail=submission.federation_id)
+    if submission.round != expected.round:
+        kind = "replayed" if submission.round < expected.round else "future"
+        return Rejected(reason="wrong-round",
+                        detail=f"{kind} update for round {submission.round}, "
+                        f"this is round {expected.round}")
+    if submission.base_model_digest != expected.base_model_digest:
+        return Rejected(reason="wrong-base-model",
+                        detail="update was computed from another global model")
+    for name, want in (("model-spec", expected.model_spec_digest),
+                       ("featurization-spec", expected.featurization_spec_digest)):
+        got = expected.reported_specs.get(name)
+        if want is not None and got is not None and got != want:
+            return Rejected(reason=f"wrong-{name}", detail=f"{got[:12]} != {want[:12]}")
+    if set(delta) != set(expected.shapes):
+        missing = sorted(set(expected.shapes) - set(delta))
+        extra = sorted(set(delta) - set(expected.shapes))
+        return Rejected(reason="wrong-tensor-set", detail=f"missing {missing}, extra {extra}")
+    for name, array in delta.items():
+        if tuple(array.shape) != tuple(expected.shapes[name]):
+            return Rejected(reason="wrong-shape",
+                            detail=f"{name}: {tuple(array.shape)} != {expected.shapes[name]}")
+        if array.dtype != np.dtype(expected.dtype):
+            return Rejected(reason="wrong-dtype", detail=f"{name}: {array.dtype}")
+    if tensors_digest(delta) != submission.delta_digest:
+        return Rejected(reason="delta-digest-mismatch",
+                        detail="arrays do not match the signed delta digest")
+    sq = 0.0
+    for array in delta.values():
+        if not np.isfinite(array).all():
+            return Rejected(reason="non-finite", detail="update contains NaN or Inf")
+        sq += float(np.dot(array.ravel().astype(np.float64), array.ravel().astype(np.float64)))
+    norm = math.sqrt(sq)
+    if norm > policy.max_update_norm:
+        return Rejected(reason="norm-exceeded",
+                        detail=f"L2 norm {norm:.4g} > bound {policy.max_update_norm:.4g}")
+    if submission.claimed_epsilon > member.max_epsilon:
+        return Rejected(reason="over-budget",
+                        detail=f"claimed ε {submission.claimed_epsilon:.3f} > declared "
+                        f"{member.max_epsilon:.3f}")
+    return Admitted(member=member.name, norm=norm)

@@ -1,0 +1,151 @@
+"""Admission: one test per rejection reason, named after the attack."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from coordinator.admission import (
+    AdmissionPolicy,
+    Admitted,
+    Member,
+    Rejected,
+    RoundExpectations,
+    admit,
+)
+from protocols.canonical import tensors_digest
+from protocols.messages import UpdateSubmission
+from protocols.signing import Ed25519PrivateKey, fingerprint, sign
+
+ALICE = Ed25519PrivateKey.from_private_bytes(b"\x01" * 32)
+MALLORY = Ed25519PrivateKey.from_private_bytes(b"\x02" * 32)
+SHAPES = {"trunk.0.weight": (3, 4), "heads.logd.bias": (1,)}
+BASE = "a" * 64
+
+
+def _delta(scale: float = 0.01) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {k: (rng.normal(size=s) * scale).astype(np.float32) for k, s in SHAPES.items()}
+
+
+def _submit(delta: dict[str, np.ndarray], *, signer: Ed25519PrivateKey = ALICE,
+            claimed_by: Ed25519PrivateKey | None = None, **fields: object) -> UpdateSubmission:
+    d: dict[str, object] = {
+        "protocol_version": "fedadmet/1", "federation_id": "fed", "round": 4,
+        "participant_fingerprint": fingerprint(claimed_by or signer),
+        "base_model_digest": BASE, "delta_digest": tensors_digest(delta), "num_examples": 50,
+        "claimed_epsilon": 2.0, "delta": 1e-5, "metrics_digest": "f" * 64}
+    d.update(fields)
+    unsigned = UpdateSubmission(**d)  # type: ignore[arg-type]
+    return UpdateSubmission.from_dict({**unsigned.to_dict(),
+                                       "signature": sign(signer, unsigned.signing_payload())})
+
+
+def _expect(**overrides: object) -> RoundExpectations:
+    d: dict[str, object] = {
+        "federation_id": "fed", "round": 4, "base_model_digest": BASE, "shapes": SHAPES,
+        "members": {fingerprint(ALICE): Member(name="alice", receipt_key=ALICE.public_key(),
+                                               max_epsilon=8.0)}}
+    d.update(overrides)
+    return RoundExpectations(**d)  # type: ignore[arg-type]
+
+
+def _decide(sub: UpdateSubmission, delta: dict[str, np.ndarray],
+            **overrides: object) -> Admitted | Rejected:
+    return admit(sub, delta, policy=AdmissionPolicy(max_update_norm=1.0),
+                 expected=_expect(**overrides))
+
+
+def _reason(result: Admitted | Rejected) -> str:
+    assert isinstance(result, Rejected), result
+    return result.reason
+
+
+def test_honest_update_is_admitted() -> None:
+    delta = _delta()
+    result = _decide(_submit(delta), delta)
+    assert isinstance(result, Admitted) and result.member == "alice" and result.norm < 1.0
+
+
+def test_non_enrolled_participant_is_rejected() -> None:
+    delta = _delta()
+    assert _reason(_decide(_submit(delta, signer=MALLORY), delta)) == "not-enrolled"
+
+
+def test_submission_signed_by_other_member_is_rejected() -> None:
+    delta = _delta()
+    forged = _submit(delta, signer=MALLORY, claimed_by=ALICE)
+    assert _reason(_decide(forged, delta)) == "bad-signature"
+
+
+def test_replayed_round_is_rejected() -> None:
+    delta = _delta()
+    assert _reason(_decide(_submit(delta, round=3), delta)) == "wrong-round"
+
+
+def test_stale_update_from_another_global_model_is_rejected() -> None:
+    delta = _delta()
+    assert _reason(_decide(_submit(delta, base_model_digest="b" * 64), delta)) == \
+        "wrong-base-model"
+
+
+def test_wrong_federation_is_rejected() -> None:
+    delta = _delta()
+    assert _reason(_decide(_submit(delta, federation_id="other"), delta)) == "wrong-federation"
+
+
+def test_wrong_featurization_spec_is_rejected() -> None:
+    delta = _delta()
+    result = _decide(_submit(delta), delta, featurization_spec_digest="c" * 64,
+                     reported_specs={"featurization-spec": "d" * 64})
+    assert _reason(result) == "wrong-featurization-spec"
+
+
+def test_wrong_model_spec_is_rejected() -> None:
+    delta = _delta()
+    result = _decide(_submit(delta), delta, model_spec_digest="c" * 64,
+                     reported_specs={"model-spec": "e" * 64})
+    assert _reason(result) == "wrong-model-spec"
+
+
+def test_missing_or_extra_tensor_is_rejected() -> None:
+    delta = _delta()
+    delta["heads.private.weight"] = np.zeros(2, np.float32)  # leaking a private head
+    assert _reason(_decide(_submit(delta), delta)) == "wrong-tensor-set"
+
+
+def test_wrong_shape_is_rejected() -> None:
+    delta = _delta()
+    delta["trunk.0.weight"] = np.zeros((4, 3), np.float32)
+    assert _reason(_decide(_submit(delta), delta)) == "wrong-shape"
+
+
+def test_wrong_dtype_is_rejected() -> None:
+    delta = _delta()
+    delta["heads.logd.bias"] = delta["heads.logd.bias"].astype(np.float64)
+    assert _reason(_decide(_submit(delta), delta)) == "wrong-dtype"
+
+
+def test_swapped_arrays_after_signing_are_rejected() -> None:
+    delta = _delta()
+    sub = _submit(delta)
+    tampered = {k: v * 2 for k, v in delta.items()}
+    assert _reason(_decide(sub, tampered)) == "delta-digest-mismatch"
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_update_is_rejected(bad: float) -> None:
+    delta = _delta()
+    delta["trunk.0.weight"][0, 0] = bad
+    assert _reason(_decide(_submit(delta), delta)) == "non-finite"
+
+
+def test_model_poisoning_by_oversized_update_is_rejected() -> None:
+    delta = _delta(scale=10.0)
+    result = _decide(_submit(delta), delta)
+    assert _reason(result) == "norm-exceeded"
+
+
+def test_participant_over_declared_budget_is_rejected() -> None:
+    delta = _delta()
+    assert _reason(_decide(_submit(delta, claimed_epsilon=9.5), delta)) == "over-budget"
