@@ -49,7 +49,7 @@ class OutboxEntry:
 class Outbox:
     """Per-round update store under ``<state>/outbox/round-NNNNNN``."""
 
-    def __init__(self, state_dir: Path, *, keep: int = 3) -> None:
+    def __init__(self, state_dir: Path, *, keep: int = 10) -> None:
         self.root = Path(state_dir) / "outbox"
         self.keep = keep
 
@@ -75,6 +75,16 @@ class Outbox:
             )
         return OutboxEntry(round=round, base_model_digest=base_model_digest, delta=delta,
                            payload=dict(meta["payload"]))
+
+    def submitted(self) -> dict[int, str]:
+        """Round -> delta digest of every update still in the outbox."""
+        out: dict[int, str] = {}
+        for path in self.root.glob("round-*"):
+            meta = path / "entry.json"
+            if meta.exists():
+                d = json.loads(meta.read_text(encoding="utf-8"))
+                out[int(d["round"])] = str(d["delta_digest"])
+        return out
 
     def put(self, entry: OutboxEntry) -> None:
         """Store an entry atomically; an existing entry for the round is replaced."""

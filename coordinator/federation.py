@@ -1,0 +1,351 @@
+"""The federation's round loop: the coordinator's I/O shell around pure parts.
+
+Each round:
+
+1. wait (bounded) for ``min_participants`` and sample with the checkpointed RNG;
+2. send the shared parameters, the specs, the DP plan, and every signed receipt
+   the participant has not yet seen with its own inclusion proofs;
+3. collect replies until the round timeout; missing ones are recorded as dropped;
+4. admission on every submission (signature first); accepted deltas stream
+   into the accumulator and are dropped, so memory stays O(parameters);
+5. aggregate and apply the server optimizer;
+6. build and sign the round receipt;
+7. checkpoint (receipt included), then append the receipt to the log;
+8. evaluate the new global model on the participants' held-out splits.
+
+If fewer than ``min_participants`` submissions are admitted the round fails
+loudly (:class:`RoundFailedError`) and the checkpoint is left untouched.
+Flower's ``Strategy.start`` has no resume point, no join deadline and no
+place for receipts, so this loop drives the ``Grid`` directly, keeping
+Flower's vocabulary (``send_and_receive`` with a timeout).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from flwr.app import Message
+
+from coordinator import checkpoint
+from coordinator.admission import AdmissionPolicy, Admitted, Member, RoundExpectations, admit
+from coordinator.aggregation import StreamingMean
+from coordinator.config import FederationConfig
+from coordinator.participants import sample_participants, wait_for_participants
+from coordinator.receipt_log import ReceiptLog
+from coordinator.server_opt import make_server_optimizer
+from protocols import flower_codec as codec
+from protocols.canonical import tensors_digest
+from protocols.errors import MessageValidationError, RoundFailedError
+from protocols.messages import PROTOCOL_VERSION, DPPlan, RoundInstruction
+from protocols.receipts import (
+    GENESIS_HASH,
+    ReceiptLeaf,
+    RoundReceipt,
+    build_receipt,
+    parse_receipt,
+    proof_for,
+    receipt_hash,
+)
+from protocols.signing import Ed25519PrivateKey
+
+__all__ = ["Federation", "RoundSummary"]
+
+log = logging.getLogger(__name__)
+
+Weights = dict[str, np.ndarray]
+
+
+class GridLike(Protocol):
+    """The part of Flower's ``Grid`` the loop uses."""
+
+    def get_node_ids(self) -> Iterable[int]: ...
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]: ...
+
+
+@dataclass(kw_only=True)
+class RoundSummary:
+    """What happened in one round (logged to ``rounds.jsonl`` and tracking)."""
+
+    round: int
+    accepted: int
+    rejected: int
+    dropped: int
+    refused: int
+    reasons: dict[str, str]
+    model_digest: str
+    receipt_hash: str
+    train: dict[str, float]
+    evaluate: dict[str, float]
+    max_claimed_epsilon: float
+    seconds: float
+    epsilon: dict[str, float] = field(default_factory=dict)
+
+
+class Federation:
+    """Runs (or resumes) one federation over a Flower grid."""
+
+    def __init__(self, cfg: FederationConfig, *, grid: GridLike, signing_key: Ed25519PrivateKey,
+                 members: Mapping[str, Member], initial_weights: Weights,
+                 model_spec: Mapping[str, Any], model_spec_digest: str,
+                 featurization_spec: Mapping[str, Any], featurization_spec_digest: str,
+                 on_round: Callable[[RoundSummary, Weights], None] | None = None) -> None:
+        self.cfg = cfg
+        self.grid = grid
+        self.key = signing_key
+        self.members = dict(members)
+        self.model_spec = dict(model_spec)
+        self.model_spec_digest = model_spec_digest
+        self.featurization_spec = dict(featurization_spec)
+        self.featurization_spec_digest = featurization_spec_digest
+        self.on_round = on_round
+        self.state_dir = cfg.state_dir
+        self.log = ReceiptLog(self.state_dir / "receipts")
+        self.opt = make_server_optimizer(
+            name=cfg.server_optimizer.name, learning_rate=cfg.server_optimizer.learning_rate,
+            beta1=cfg.server_optimizer.beta1, beta2=cfg.server_optimizer.beta2,
+            tau=cfg.server_optimizer.tau)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.weights = {k: np.asarray(v, np.float32) for k, v in initial_weights.items()}
+        self.start_round = 1
+        self.prev_hash = GENESIS_HASH
+        self.node_ids: dict[str, str] = {}  # node id -> participant fingerprint
+        self.last_submitted: dict[str, int] = {}  # fingerprint -> last round it submitted in
+        self._resume()
+
+    # ---------------------------------------------------------------- resume
+    def _resume(self) -> None:
+        ckpt = checkpoint.latest(self.state_dir)
+        if ckpt is None:
+            if self.log.rounds():
+                raise RoundFailedError(
+                    "receipts exist but no checkpoint does", got=self.log.rounds(),
+                    fix="restore the checkpoints directory; never start a new chain over old "
+                    "receipts")
+            return
+        if ckpt.config_digest != self.cfg.digest():
+            raise RoundFailedError("the checkpoint was made under another configuration",
+                                   got=ckpt.config_digest, expected=self.cfg.digest(),
+                                   fix="resume with the original federation config")
+        self.log.append(ckpt.round, ckpt.receipt_bytes)  # idempotent; heals a crash
+        self.weights = ckpt.weights
+        self.opt.load_state_dict(ckpt.optimizer)
+        self.rng.bit_generator.state = ckpt.rng_state
+        self.node_ids = dict(ckpt.extra.get("node_ids", {}))
+        self.last_submitted = {k: int(v) for k, v in ckpt.extra.get("last_submitted", {}).items()}
+        self.prev_hash = ckpt.receipt_hash
+        self.start_round = ckpt.round + 1
+        log.info("resuming after round %d (receipt %s)", ckpt.round, ckpt.receipt_hash[:12])
+
+    # ---------------------------------------------------------------- messages
+    def _instruction(self, round: int, node: int, global_digest: str,
+                     upto: int) -> RoundInstruction:
+        fpr = self.node_ids.get(str(node))
+        first = self.last_submitted.get(fpr, 0) if fpr else 0
+        receipts: list[RoundReceipt] = [parse_receipt(self.log.read(r))
+                                        for r in self.log.rounds() if first <= r <= upto and r > 0]
+        proofs = [proof_for(r, fpr) if fpr else None for r in receipts]
+        p = self.cfg.privacy
+        return RoundInstruction(
+            protocol_version=PROTOCOL_VERSION, federation_id=self.cfg.federation_id,
+            round=round, global_model_digest=global_digest, model_spec=self.model_spec,
+            model_spec_digest=self.model_spec_digest,
+            featurization_spec=self.featurization_spec,
+            featurization_spec_digest=self.featurization_spec_digest,
+            config_digest=self.cfg.digest(),
+            dp_plan=DPPlan(max_grad_norm=p.max_grad_norm, rounds=self.cfg.rounds,
+                           local_epochs=p.local_epochs, target_epsilon=p.target_epsilon,
+                           delta=p.delta, batch_size=p.batch_size, accountant=p.accountant,
+                           learning_rate=p.learning_rate, optimizer=p.optimizer,
+                           unsafe_no_dp=p.unsafe_no_dp),
+            consortium_endpoints=tuple(e.name for e in self.cfg.model.endpoints),
+            receipts=tuple(r.to_dict() for r in receipts),
+            inclusion_proofs=tuple(None if x is None else x.to_dict() for x in proofs))
+
+    def _exchange(self, kind: str, round: int, nodes: list[int], global_weights: Weights,
+                  receipts_upto: int) -> tuple[dict[int, Message], list[int]]:
+        digest = tensors_digest(global_weights)
+        sent: dict[str, int] = {}
+        messages = []
+        for node in nodes:
+            ins = self._instruction(round, node, digest, receipts_upto)
+            msg = Message(codec.encode_instruction(ins, global_weights), dst_node_id=node,
+                          message_type=kind)
+            messages.append(msg)
+        replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
+        for msg in messages:
+            sent[msg.metadata.message_id] = msg.metadata.dst_node_id
+        by_node: dict[int, Message] = {}
+        for reply in replies:
+            node = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            by_node[node] = reply
+        missing = [n for n in nodes if n not in by_node]
+        return by_node, missing
+
+    # ---------------------------------------------------------------- round
+    def run_round(self, round: int) -> RoundSummary:
+        """One full round; raises RoundFailedError if too few updates are admitted."""
+        t0 = time.perf_counter()
+        online = wait_for_participants(self.grid.get_node_ids,
+                                       min_participants=self.cfg.min_participants,
+                                       timeout=self.cfg.join_timeout)
+        nodes = sample_participants(online, fraction=self.cfg.fraction,
+                                    min_participants=self.cfg.min_participants, rng=self.rng)
+        base = self.weights
+        base_digest = tensors_digest(base)
+        replies, missing = self._exchange("train", round, nodes, base, round - 1)
+        shapes = {k: tuple(v.shape) for k, v in base.items()}
+        agg = StreamingMean(shapes)
+        expected = RoundExpectations(federation_id=self.cfg.federation_id, round=round,
+                                     base_model_digest=base_digest, shapes=shapes,
+                                     members=self.members)
+        policy = AdmissionPolicy(max_update_norm=self.cfg.admission.max_update_norm)
+        leaves: list[ReceiptLeaf] = []
+        reasons: dict[str, str] = {}
+        accepted: list[tuple[str, Any, float]] = []
+        train_sums: dict[str, float] = {}
+        endpoints = [e.name for e in self.cfg.model.endpoints]
+        for node in missing:
+            fpr = self.node_ids.get(str(node), f"node:{node}")
+            leaves.append(ReceiptLeaf(participant_fingerprint=fpr, status="dropped",
+                                      reason="timeout"))
+            reasons[fpr] = "timeout"
+        for node, reply in replies.items():
+            fallback = self.node_ids.get(str(node), f"node:{node}")
+            if reply.has_error():
+                leaves.append(ReceiptLeaf(participant_fingerprint=fallback, status="dropped",
+                                          reason=f"error: {reply.error.reason}"[:200]))
+                reasons[fallback] = "error"
+                continue
+            try:
+                decoded = codec.decode_train_reply(reply.content)
+            except MessageValidationError as exc:
+                leaves.append(ReceiptLeaf(participant_fingerprint=fallback, status="rejected",
+                                          reason=f"malformed: {exc.message}"[:200]))
+                reasons[fallback] = "malformed"
+                continue
+            if decoded.refusal is not None:
+                fpr = decoded.refusal.participant_fingerprint
+                self.node_ids[str(node)] = fpr
+                leaves.append(ReceiptLeaf(participant_fingerprint=fpr, status="refused",
+                                          reason=decoded.refusal.reason))
+                reasons[fpr] = decoded.refusal.reason
+                continue
+            sub = decoded.submission
+            assert sub is not None
+            decision = admit(sub, decoded.delta, policy=policy, expected=expected)
+            if not isinstance(decision, Admitted):
+                leaves.append(ReceiptLeaf(
+                    participant_fingerprint=sub.participant_fingerprint, status="rejected",
+                    reason=decision.reason, update_digest=sub.delta_digest,
+                    participant_signature=sub.signature, claimed_epsilon=sub.claimed_epsilon))
+                reasons[sub.participant_fingerprint] = decision.reason
+                log.warning("round %d: rejected %s: %s (%s)", round,
+                            sub.participant_fingerprint[:19], decision.reason, decision.detail)
+                continue
+            self.node_ids[str(node)] = sub.participant_fingerprint
+            self.last_submitted[sub.participant_fingerprint] = round
+            equal = self.cfg.weighting == "equal"
+            weight = 1.0 if equal else float(sub.num_examples)
+            heads = {}
+            for e in endpoints:
+                n_e = decoded.metrics.get(f"n.{e}", 0.0)
+                heads[f"heads.{e}"] = (1.0 if n_e > 0 else 0.0) if equal else n_e
+            agg.add(decoded.delta, weight=weight, group_weights=heads)
+            accepted.append((sub.participant_fingerprint, sub, weight))
+            for k, v in decoded.metrics.items():
+                train_sums[k] = train_sums.get(k, 0.0) + v * (weight if k == "train-loss" else 1)
+        if len(accepted) < self.cfg.min_participants:
+            raise RoundFailedError(
+                f"round {round}: only {len(accepted)} update(s) admitted",
+                got=reasons or "no replies", expected=f">= {self.cfg.min_participants}",
+                fix="see the reasons per participant; the checkpoint is unchanged")
+        total = sum(w for _, _, w in accepted)
+        for fpr, sub, w in accepted:
+            leaves.append(ReceiptLeaf(participant_fingerprint=fpr, status="accepted",
+                                      update_digest=sub.delta_digest,
+                                      participant_signature=sub.signature, weight=w / total,
+                                      claimed_epsilon=sub.claimed_epsilon))
+        new = self.opt.apply(base, agg.result())
+        del agg  # the accumulator is the only O(parameters) buffer; release it now
+        new_digest = tensors_digest(new)
+        receipt = build_receipt(
+            federation_id=self.cfg.federation_id, round=round,
+            issued_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            previous_receipt_hash=self.prev_hash, model_digest_before=base_digest,
+            model_digest_after=new_digest, config_digest=self.cfg.digest(), leaves=leaves,
+            coordinator_key=self.key)
+        rhash = receipt_hash(receipt)
+        checkpoint.save(self.state_dir, checkpoint.Checkpoint(
+            round=round, weights=new, optimizer=self.opt.state_dict(),
+            rng_state=dict(self.rng.bit_generator.state), receipt_hash=rhash,
+            receipt_bytes=receipt.canonical_bytes(), config_digest=self.cfg.digest(),
+            extra={"node_ids": self.node_ids, "last_submitted": self.last_submitted}))
+        self.log.append(round, receipt.canonical_bytes())
+        self.weights, self.prev_hash = new, rhash
+        evaluation = self._evaluate(round, nodes)
+        summary = RoundSummary(
+            round=round, accepted=len(accepted),
+            rejected=sum(1 for x in leaves if x.status == "rejected"),
+            dropped=sum(1 for x in leaves if x.status == "dropped"),
+            refused=sum(1 for x in leaves if x.status == "refused"), reasons=reasons,
+            model_digest=new_digest, receipt_hash=rhash,
+            train={"train-loss": train_sums.get("train-loss", 0.0) / max(total, 1e-12)},
+            evaluate=evaluation,
+            max_claimed_epsilon=max((s.claimed_epsilon for _, s, _ in accepted), default=0.0),
+            epsilon={fpr: s.claimed_epsilon for fpr, s, _ in accepted},
+            seconds=time.perf_counter() - t0)
+        with open(self.state_dir / "rounds.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(summary.__dict__, sort_keys=True) + "\n")
+        if self.on_round is not None:
+            self.on_round(summary, new)
+        log.info("round %d: %d accepted, %d rejected, %d dropped, %d refused; eval %s",
+                 round, summary.accepted, summary.rejected, summary.dropped, summary.refused,
+                 {k: round_(v) for k, v in evaluation.items()})
+        return summary
+
+    def _evaluate(self, round: int, nodes: list[int]) -> dict[str, float]:
+        replies, _ = self._exchange("evaluate", round, nodes, self.weights, round)
+        sums: dict[str, float] = {}
+        weights: dict[str, float] = {}
+        for reply in replies.values():
+            if reply.has_error():
+                continue
+            try:
+                metrics, refusal = codec.decode_evaluate_reply(reply.content)
+            except MessageValidationError:
+                continue
+            if refusal is not None:
+                continue
+            for key, value in metrics.items():
+                if key.endswith(".n") or key == "num-examples":
+                    continue
+                endpoint = key.rsplit(".", 1)[0]
+                n = metrics.get(f"{endpoint}.n", metrics.get("num-examples", 1.0))
+                sums[key] = sums.get(key, 0.0) + value * n
+                weights[key] = weights.get(key, 0.0) + n
+        return {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
+
+    def run(self) -> list[RoundSummary]:
+        """All remaining rounds."""
+        return [self.run_round(r) for r in range(self.start_round, self.cfg.rounds + 1)]
+
+
+def round_(value: float) -> float:
+    """Four significant decimals for logs."""
+    return float(f"{value:.4g}")
+
+
+def write_final(path: Path, weights: Weights) -> None:
+    """The final global weights as an npz next to the state."""
+    arrays: dict[str, Any] = dict(weights)
+    np.savez(path, **arrays)

@@ -1,0 +1,82 @@
+"""The Flower ServerApp: builds the federation from config and runs its rounds.
+
+In deployment ``flwr run`` passes ``config="/path/federation.toml"`` as run
+config (the ServerApp runs on the coordinator host, so paths are local to
+it); simulation binds a validated :class:`FederationConfig` directly with
+:func:`make_server_app`. This is the one coordinator module that imports
+``chem``: to size and initialise the shared model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from chem.featurizers import feature_dim, get_spec
+from chem.models import EndpointSpec, ModelSpec, build_model, get_weights
+from coordinator.config import FederationConfig
+from coordinator.federation import Federation, RoundSummary, Weights, write_final
+from coordinator.members import load_members
+from protocols.errors import ConfigError
+from protocols.signing import load_private_key
+
+__all__ = ["app", "make_server_app", "model_spec_for"]
+
+log = logging.getLogger(__name__)
+
+
+def model_spec_for(cfg: FederationConfig) -> ModelSpec:
+    """The shared model's spec: trunk plus the consortium endpoints' heads."""
+    spec = get_spec(cfg.model.featurizer)
+    return ModelSpec(
+        input_dim=feature_dim(spec), hidden_dims=cfg.model.hidden_dims,
+        dropout=cfg.model.dropout,
+        endpoints=tuple(EndpointSpec(name=e.name, task=e.task, unit=e.unit,
+                                     target_offset=e.target_offset, target_scale=e.target_scale)
+                        for e in cfg.model.endpoints))
+
+
+def run_federation(cfg: FederationConfig, grid: Grid, *,
+                   on_round: Callable[[RoundSummary, Weights], None] | None = None) -> None:
+    """Build and run (or resume) the federation described by ``cfg``."""
+    if cfg.signing_key is None or cfg.members_file is None:
+        raise ConfigError("federation.signing-key / members", "both are required",
+                          fix="run `fedadmet coordinator init` and enrol members")
+    fspec = get_spec(cfg.model.featurizer)
+    mspec = model_spec_for(cfg)
+    initial = get_weights(build_model(mspec, seed=cfg.model.init_seed))
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    federation = Federation(
+        cfg, grid=grid, signing_key=load_private_key(cfg.signing_key.read_bytes()),
+        members=load_members(cfg.members_file), initial_weights=initial,
+        model_spec=mspec.to_dict(), model_spec_digest=mspec.digest(),
+        featurization_spec=fspec.to_dict(), featurization_spec_digest=fspec.digest(),
+        on_round=on_round)
+    federation.run()
+    write_final(cfg.state_dir / "global_model.npz", federation.weights)
+    log.info("federation %s finished after round %d", cfg.federation_id, cfg.rounds)
+
+
+def make_server_app(cfg: FederationConfig | None = None, *,
+                    on_round: Callable[[RoundSummary, Weights], None] | None = None) -> ServerApp:
+    """A ServerApp bound to ``cfg``, or reading ``config`` from Flower run config."""
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        config = cfg
+        if config is None:
+            path = context.run_config.get("config")
+            if not isinstance(path, str) or not path:
+                raise ConfigError("run-config.config", "missing",
+                                  expected='flwr run ... -c \'config="/srv/federation.toml"\'')
+            config = FederationConfig.load(path)
+        run_federation(config, grid, on_round=on_round)
+
+    return server
+
+
+app = make_server_app()

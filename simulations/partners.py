@@ -1,0 +1,101 @@
+"""Virtual partners: spread each endpoint's molecules across partners, then split.
+
+For each consortium endpoint the molecules (a vendored dataset or a CSV) are
+partitioned across partners with the scenario's partitioner; a private
+endpoint goes whole to its one partner. Each partner's share of each endpoint
+is then split by scaffold into the partner's own training data (what its
+daemon sees, written as ``train.csv``) and its own held-out test set
+(``test.csv``, used only by the report). Rows stay per endpoint (NaN in other
+endpoint columns) rather than merged by molecule, so no partner is given a
+label it would not hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from chem.partition import quantity_skew_partition, scaffold_dirichlet_partition
+from chem.splits import scaffold_split
+from chem.tables import load_table
+from simulations.datasets import load_dataset
+from simulations.scenario import EndpointSource, Scenario
+
+__all__ = ["PartnerData", "build_partner_data"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PartnerData:
+    """Files and counts for one virtual partner."""
+
+    index: int
+    train_csv: Path
+    test_csv: Path
+    endpoints: tuple[str, ...]
+    counts: dict[str, tuple[int, int]]  # endpoint -> (train, test)
+
+
+def _endpoint_table(e: EndpointSource, cache: Path) -> tuple[list[str], np.ndarray]:
+    if e.dataset is not None:
+        table = load_dataset(e.dataset, cache_dir=cache)
+    else:
+        assert e.csv is not None
+        table = load_table(e.csv, smiles_column=e.smiles_column,
+                           endpoints={e.name: e.value_column}, cache_dir=cache)
+    keep = table.mask[:, 0] > 0
+    return [s for s, k in zip(table.smiles, keep, strict=True) if k], table.labels[keep, 0]
+
+
+def build_partner_data(scenario: Scenario, out_dir: Path, *, seed: int,
+                       cache: Path) -> list[PartnerData]:
+    """Write each partner's train/test CSVs under ``out_dir/partner-K``."""
+    rows: list[dict[str, list[tuple[str, float]]]] = [{} for _ in range(scenario.partners)]
+    tests: list[dict[str, list[tuple[str, float]]]] = [{} for _ in range(scenario.partners)]
+    rng = np.random.default_rng(seed)
+    for e in scenario.endpoints:
+        smiles, y = _endpoint_table(e, cache)
+        if e.max_molecules and len(smiles) > e.max_molecules:
+            pick = np.sort(rng.choice(len(smiles), e.max_molecules, replace=False))
+            smiles, y = [smiles[i] for i in pick], y[pick]
+        if e.private_to is not None:
+            parts = {e.private_to: np.arange(len(smiles))}
+        elif scenario.partition == "quantity-skew":
+            got = quantity_skew_partition(len(smiles), n_partners=scenario.partners,
+                                          alpha=scenario.alpha, seed=seed,
+                                          min_size=scenario.min_partner_size)
+            parts = dict(enumerate(got))
+        elif scenario.partition == "quantity+scaffold":
+            got = quantity_skew_partition(len(smiles), n_partners=scenario.partners,
+                                          alpha=scenario.alpha, seed=seed,
+                                          min_size=scenario.min_partner_size, smiles=smiles)
+            parts = dict(enumerate(got))
+        else:
+            got = scaffold_dirichlet_partition(smiles, n_partners=scenario.partners,
+                                               alpha=scenario.alpha, seed=seed,
+                                               min_size=scenario.min_partner_size)
+            parts = dict(enumerate(got))
+        for k, idx in parts.items():
+            local = [smiles[i] for i in idx]
+            train, valid, test = scaffold_split(
+                local, (1 - scenario.test_fraction, 0.0, scenario.test_fraction), seed=seed)
+            train = np.concatenate([train, valid])
+            rows[k][e.name] = [(local[i], float(y[idx[i]])) for i in train]
+            tests[k][e.name] = [(local[i], float(y[idx[i]])) for i in test]
+    names = [e.name for e in scenario.endpoints]
+    partners = []
+    for k in range(scenario.partners):
+        pdir = out_dir / f"partner-{k}"
+        pdir.mkdir(parents=True, exist_ok=True)
+        for kind, store in (("train", rows[k]), ("test", tests[k])):
+            records = [{"smiles": s, **{n: (v if n == name else np.nan) for n in names}}
+                       for name, pairs in store.items() for s, v in pairs]
+            pd.DataFrame.from_records(records, columns=["smiles", *names]).to_csv(
+                pdir / f"{kind}.csv", index=False)
+        held = tuple(n for n in names if n in rows[k])
+        partners.append(PartnerData(
+            index=k, train_csv=pdir / "train.csv", test_csv=pdir / "test.csv", endpoints=held,
+            counts={n: (len(rows[k].get(n, [])), len(tests[k].get(n, []))) for n in held}))
+    return partners

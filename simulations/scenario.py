@@ -1,0 +1,180 @@
+"""Simulation scenarios: TOML files validated once into a typed :class:`Scenario`.
+
+A scenario says which public datasets (or a researcher's own CSVs) become
+which endpoints, how their molecules are spread across virtual partners, the
+privacy target, and the model and training plan. Keys are kebab-case, as in
+Flower's run config; every error names the key and file.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from protocols.canonical import canonical_json, sha256_hex
+from protocols.errors import ConfigError
+from protocols.settings import Table
+from simulations.datasets import DATASETS
+
+__all__ = ["EndpointSource", "Scenario", "load_scenario"]
+
+SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
+PARTITIONS = ("scaffold-dirichlet", "quantity-skew", "quantity+scaffold")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EndpointSource:
+    """Where an endpoint's molecules come from, and who holds it."""
+
+    name: str
+    dataset: str | None = None
+    csv: Path | None = None
+    smiles_column: str = "smiles"
+    value_column: str = "target"
+    task: str = "regression"
+    private_to: int | None = None  # partner index for a private endpoint
+    max_molecules: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    """A validated simulation scenario."""
+
+    name: str
+    partners: int
+    rounds: int
+    epsilon: float
+    delta: float = 1e-5
+    seeds: tuple[int, ...] = (0,)
+    endpoints: tuple[EndpointSource, ...] = ()
+    partition: str = "scaffold-dirichlet"
+    alpha: float = 0.5
+    min_partner_size: int = 20
+    test_fraction: float = 0.2
+    featurizer: str = "ecfp4-count-2048/v1"
+    hidden_dims: tuple[int, ...] = (512, 128)
+    dropout: float = 0.1
+    local_epochs: int = 1
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    max_grad_norm: float = 1.0
+    server_optimizer: str = "fedavg"
+    server_learning_rate: float = 1.0
+    round_timeout: float = 600.0
+    compare: bool = True
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def consortium(self) -> tuple[EndpointSource, ...]:
+        """Endpoints whose heads are federated."""
+        return tuple(e for e in self.endpoints if e.private_to is None)
+
+    @property
+    def private(self) -> tuple[EndpointSource, ...]:
+        """Endpoints held by one partner, heads kept local."""
+        return tuple(e for e in self.endpoints if e.private_to is not None)
+
+    def with_overrides(self, **changes: Any) -> Scenario:
+        """Command-line overrides; unset (None) values are ignored, the result re-validated."""
+        clean = {k: v for k, v in changes.items() if v is not None}
+        updated = replace(self, **clean)
+        _validate(updated)
+        return updated
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        d = asdict(self)
+        d["epsilon"] = "inf" if math.isinf(self.epsilon) else self.epsilon
+        d["endpoints"] = [{k: (str(v) if isinstance(v, Path) else v) for k, v in e.items()}
+                          for e in d["endpoints"]]
+        return d
+
+    def digest(self) -> str:
+        """SHA-256 of the resolved scenario (RFC 8785)."""
+        d = self.to_dict()
+        d.pop("source", None)
+        return sha256_hex(canonical_json(d))
+
+
+def _validate(s: Scenario) -> None:
+    if s.partners < 2:
+        raise ConfigError("partners", "a federation needs at least 2 partners", got=s.partners)
+    if not (s.epsilon > 0):
+        raise ConfigError("epsilon", "must be positive (use \"inf\" for non-private)",
+                          got=s.epsilon)
+    if not s.consortium:
+        raise ConfigError("endpoints", "at least one consortium endpoint is required")
+    for e in s.private:
+        if e.private_to is not None and not 0 <= e.private_to < s.partners:
+            raise ConfigError(f"endpoints.{e.name}.private-to", "partner index out of range",
+                              got=e.private_to, expected=f"0..{s.partners - 1}")
+
+
+def load_scenario(path: str | Path | None = None) -> Scenario:
+    """Load a scenario file (default: ``admet-consortium``)."""
+    path = Path(path) if path else SCENARIO_DIR / "admet-consortium.toml"
+    if not path.exists() and (SCENARIO_DIR / f"{path}.toml").exists():
+        path = SCENARIO_DIR / f"{path}.toml"
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        shipped = sorted(p.stem for p in SCENARIO_DIR.glob("*.toml"))
+        raise ConfigError("scenario", "file not found", got=str(path),
+                          expected=f"a .toml file or one of {shipped}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("scenario", f"is not valid TOML ({exc})", got=str(path)) from None
+    t = Table(raw, source=str(path))
+    endpoints = []
+    for name, et in t.tables("endpoints").items():
+        dataset = et.optional_text("dataset")
+        csv = et.optional_text("csv")
+        if (dataset is None) == (csv is None):
+            raise et.error("dataset", "give exactly one of `dataset` or `csv`")
+        if dataset is not None and dataset not in DATASETS:
+            raise et.error("dataset", "unknown dataset", got=dataset,
+                           expected=" | ".join(DATASETS))
+        task = (DATASETS[dataset].task if dataset else
+                et.text("task", required=True, choices=("regression", "classification")))
+        if dataset and et.has("task"):
+            et.text("task", choices=(task,))
+        endpoints.append(EndpointSource(
+            name=name, dataset=dataset,
+            csv=(path.parent / csv).resolve() if csv else None,
+            smiles_column=et.text("smiles-column", "smiles"),
+            value_column=et.text("value-column", "target"), task=task,
+            private_to=et.integer("private-to", -1, min=-1) if et.has("private-to") else None,
+            max_molecules=et.integer("max-molecules", 0, min=0) or None))
+        et.finish()
+    s = Scenario(
+        name=t.text("name", path.stem),
+        partners=t.integer("partners", 4, min=1),
+        rounds=t.integer("rounds", 5, min=1),
+        epsilon=t.number("epsilon", 8.0, allow_inf=True, min=0.0, min_exclusive=True),
+        delta=t.number("delta", 1e-5, min=0.0, max=1.0, min_exclusive=True),
+        seeds=tuple(t.array("seeds", [0], item_type=int, min_len=1)),
+        endpoints=tuple(endpoints),
+        partition=t.text("partition", "scaffold-dirichlet", choices=PARTITIONS),
+        alpha=t.number("alpha", 0.5, min=0.0, min_exclusive=True),
+        min_partner_size=t.integer("min-partner-size", 20, min=1),
+        test_fraction=t.number("test-fraction", 0.2, min=0.05, max=0.5),
+        featurizer=t.text("featurizer", "ecfp4-count-2048/v1"),
+        hidden_dims=tuple(t.array("hidden-dims", [512, 128], item_type=int, min_len=1)),
+        dropout=t.number("dropout", 0.1, min=0.0, max=0.9),
+        local_epochs=t.integer("local-epochs", 1, min=1),
+        batch_size=t.integer("batch-size", 128, min=1),
+        learning_rate=t.number("learning-rate", 1e-3, min=0.0, min_exclusive=True),
+        max_grad_norm=t.number("max-grad-norm", 1.0, min=0.0, min_exclusive=True),
+        server_optimizer=t.text("server-optimizer", "fedavg",
+                                choices=("fedavg", "fedadam", "fedyogi")),
+        server_learning_rate=t.number("server-learning-rate", 1.0, min=0.0, min_exclusive=True),
+        round_timeout=t.number("round-timeout", 600.0, min=1.0),
+        compare=t.boolean("compare", True),
+        source=str(path),
+    )
+    t.finish()
+    _validate(s)
+    return s
