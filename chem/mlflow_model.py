@@ -32,6 +32,8 @@ import rdkit
 import torch
 from mlflow.models import ModelSignature
 from mlflow.pyfunc.model import PythonModel, PythonModelContext
+from mlflow.telemetry import set_telemetry_client
+from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 from chem.featurizers import FeaturizationSpec, check_compatible, featurize
@@ -56,6 +58,10 @@ MANIFEST_FILE = "predictor.json"
 _ARTIFACT_FILES = {"weights": WEIGHTS_FILE, "model_spec": MODEL_SPEC_FILE,
                    "featurization_spec": FEATURIZATION_SPEC_FILE, "manifest": MANIFEST_FILE}
 _RESERVED = ("valid", "error", SMILES_COLUMN)
+
+# Runtime code never phones home; MLflow reads this at every event.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+set_telemetry_client()  # type: ignore[no-untyped-call]
 
 
 class Predictor:
@@ -223,13 +229,33 @@ def load_predictor(path_or_uri: str | Path, *, tracking_uri: str | None = None) 
     with tempfile.TemporaryDirectory(prefix="fedadmet-model-") as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri,
-                registry_uri=tracking_uri)
+                artifact_uri=_resolve_models_uri(uri, tracking_uri), dst_path=tmp,
+                tracking_uri=tracking_uri, registry_uri=tracking_uri)
         except mlflow.exceptions.MlflowException as exc:
             raise DataError("cannot download the model", got=uri,
                             expected="an existing model URI in the given tracking store",
                             fix=f"check the URI and --tracking-uri ({exc.message})") from None
         return _load_local(Path(local))
+
+
+def _resolve_models_uri(uri: str, tracking_uri: str | None) -> str:
+    """``models:/`` URIs to artifact locations, through a client bound to ``tracking_uri``.
+
+    MLflow's own resolution of ``models:/`` uses the process-wide tracking URI;
+    this one never does.
+    """
+    if not uri.startswith("models:/"):
+        return uri
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    ref = uri.removeprefix("models:/").strip("/")
+    if "/" not in ref and "@" not in ref:
+        return str(client.get_logged_model(ref).artifact_location)
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        version = str(client.get_model_version_by_alias(name, alias).version)
+    else:
+        name, version = ref.rsplit("/", 1)
+    return str(client.get_model_version_download_uri(name, version))
 
 
 def _load_local(path: Path) -> Predictor:
