@@ -53,27 +53,49 @@ class FeatureCache:
         data_path, sum_path = self._paths(self.key(smiles, spec))
         if not data_path.exists() or not sum_path.exists():
             return None
-        raw = data_path.read_bytes()
+        # One copy from the kernel into a writable buffer; the array is a view on it,
+        # so a warm hit costs one read and one hash (no np.load copy).
+        with data_path.open("rb") as f:
+            raw = bytearray(os.fstat(f.fileno()).st_size)
+            if f.readinto(raw) != len(raw):
+                return None
         if hashlib.sha256(raw).hexdigest() != sum_path.read_text().strip():
             log.warning("feature cache entry %s is corrupted; recomputing", data_path.name)
             return None
         try:
-            array = np.load(io.BytesIO(raw), allow_pickle=False)
+            array = _from_npy_bytes(raw)
         except ValueError:
             return None
-        if array.shape[0] != len(smiles):
+        if array.ndim != 2 or array.shape[0] != len(smiles):
             return None
-        return np.asarray(array, dtype=np.float32)
+        return array
 
     def put(self, smiles: Sequence[str], spec: FeaturizationSpec, features: np.ndarray) -> None:
         """Store a matrix atomically."""
         self.dir.mkdir(parents=True, exist_ok=True)
         data_path, sum_path = self._paths(self.key(smiles, spec))
         buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(features, dtype=np.float32), allow_pickle=False)
+        np.lib.format.write_array(buf, np.ascontiguousarray(features, dtype="<f4"), version=(1, 0),
+                                 allow_pickle=False)
         raw = buf.getvalue()
         _atomic_write(data_path, raw)
         _atomic_write(sum_path, hashlib.sha256(raw).hexdigest().encode())
+
+
+def _from_npy_bytes(raw: bytearray) -> np.ndarray:
+    """A float32 C-order array viewing the bytes of an .npy file (ValueError if not one)."""
+    header = io.BytesIO(bytes(raw[:4096]))
+    version = np.lib.format.read_magic(header)
+    if version != (1, 0):
+        raise ValueError(f"unexpected .npy version {version}")
+    shape, fortran, dtype = np.lib.format.read_array_header_1_0(header)
+    if fortran or dtype != np.dtype("<f4"):
+        raise ValueError("expected a C-order little-endian float32 array")
+    count = int(np.prod(shape))
+    offset = header.tell()
+    if len(raw) - offset != count * 4:
+        raise ValueError("truncated .npy data")
+    return np.frombuffer(raw, dtype="<f4", count=count, offset=offset).reshape(shape)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

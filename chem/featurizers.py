@@ -39,7 +39,7 @@ from rdkit.Chem import Descriptors, rdFingerprintGenerator
 
 from chem.standardize import STANDARDIZER_VERSION
 from protocols.canonical import canonical_json, sha256_hex
-from protocols.errors import ConfigError, SpecMismatchError
+from protocols.errors import ConfigError, DataError, SpecMismatchError
 
 __all__ = [
     "FeaturizationSpec",
@@ -182,7 +182,10 @@ def _featurize_chunk(args: tuple[str, list[str]]) -> np.ndarray:
         for s in smiles:
             mol = Chem.MolFromSmiles(s)
             if mol is None:
-                raise ValueError(f"featurize() needs standardised, valid SMILES; got {s!r}")
+                raise DataError("featurize() needs standardised, valid SMILES", got=s,
+                                expected="SMILES from chem.standardize.standardize_smiles",
+                                fix="standardise the column first (chem.tables.load_table "
+                                "does) and drop the rows it reports as invalid")
             mols.append(mol)
         return fn(mols, params)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from chem.feature_cache import FeatureCache
 from chem.featurizers import FeaturizationSpec, available_featurizers, featurize, get_spec
 from chem.standardize import standardize_many
-from protocols.errors import ConfigError, SpecMismatchError
+from protocols.errors import ConfigError, DataError, SpecMismatchError
 from tests.chem.conftest import DRUGS
 
 STD = standardize_many(DRUGS).smiles
@@ -93,6 +94,30 @@ def test_corrupted_cache_entry_is_recomputed(tmp_path: Path) -> None:
     entry.write_bytes(bytes(raw))
     assert FeatureCache(tmp_path).get(STD, spec) is None
     assert np.array_equal(featurize(STD, spec, cache_dir=tmp_path), cold)
+    assert FeatureCache(tmp_path).get(STD, spec) is not None  # the entry was rewritten
+
+
+def test_truncated_cache_entry_with_a_matching_checksum_is_a_miss(tmp_path: Path) -> None:
+    spec = get_spec("ecfp4-count-2048/v1")
+    cold = featurize(STD, spec, cache_dir=tmp_path)
+    entry = next(tmp_path.glob("*.npy"))
+    short = entry.read_bytes()[:-4]  # a crash mid-copy, with the checksum rewritten to match
+    entry.write_bytes(short)
+    entry.with_suffix(".sha256").write_text(hashlib.sha256(short).hexdigest())
+    assert FeatureCache(tmp_path).get(STD, spec) is None
+    assert np.array_equal(featurize(STD, spec, cache_dir=tmp_path), cold)
+
+
+def test_warm_cache_hit_is_a_writable_float32_matrix(tmp_path: Path) -> None:
+    spec = get_spec("ecfp4-count-2048/v1")
+    featurize(STD, spec, cache_dir=tmp_path)
+    hit = featurize(STD, spec, cache_dir=tmp_path)
+    assert hit.dtype == np.float32 and hit.shape == (len(STD), 2048) and hit.flags.writeable
+
+
+def test_unstandardised_garbage_is_a_data_error() -> None:
+    with pytest.raises(DataError, match="standardised"):
+        featurize([STD[0], "C1CC"], get_spec("ecfp4-count-2048/v1"), n_jobs=1)
 
 
 def test_cache_key_depends_on_molecules_order_and_spec() -> None:
