@@ -44,10 +44,10 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
 def murcko_scaffold(smiles: str) -> str | None:
     """Murcko scaffold SMILES without chirality, or None if RDKit cannot parse ``smiles``."""
     with rdBase.BlockLogs():
-        mol: Any = Chem.MolFromSmiles(smiles)
-        if mol is None:
-            return None
-        try:
+        try:  # TDC counts any RDKit error (non-string cells included) as an omitted row
+            mol: Any = Chem.MolFromSmiles(smiles)
+            if mol is None:
+                return None
             return str(MurckoScaffold.MurckoScaffoldSmiles(  # type: ignore[no-untyped-call]
                 mol=mol, includeChirality=False))
         except Exception:

@@ -25,8 +25,8 @@ def tdc_reference(smiles: list[str], seed: int, frac: list[float]) -> tuple[list
     error_smiles = 0
     for i, s in enumerate(smiles):
         try:
-            scaffold = MurckoScaffold.MurckoScaffoldSmiles(mol=Chem.MolFromSmiles(s),
-                                                           includeChirality=False)
+            scaffold = MurckoScaffold.MurckoScaffoldSmiles(  # type: ignore[no-untyped-call]
+                mol=Chem.MolFromSmiles(s), includeChirality=False)
             scaffolds[scaffold].add(i)
         except Exception:
             error_smiles += 1
@@ -99,3 +99,10 @@ def test_random_split_is_a_seeded_partition() -> None:
     assert all((x == y).all() for x, y in zip(a, b, strict=True))
     assert sorted(i for part in a for i in part.tolist()) == list(range(100))
     assert [len(p) for p in a] == [70, 20, 10]
+
+
+def test_non_string_cells_are_omitted_like_tdc_omits_rdkit_errors() -> None:
+    cells: list[str] = [*MOLECULES[:-1], float("nan"), None]  # type: ignore[list-item]
+    ours = scaffold_split(cells, [0.8, 0.1, 0.1], seed=7)
+    assert tuple(a.tolist() for a in ours) == tdc_reference(cells, 7, [0.8, 0.1, 0.1])
+    assert len(cells) - 2 == sum(len(a) for a in ours)
