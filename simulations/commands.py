@@ -92,6 +92,49 @@ def _update_docs(path: Path, results: list[BaselineResult]) -> None:
     path.write_text(text, encoding="utf-8")
 
 
+def simulate(
+    scenario: str = typer.Argument(
+        "admet-consortium", help="Scenario TOML path or shipped name (simulations/scenarios)."),
+    rounds: int | None = typer.Option(None, help="Override the number of rounds."),
+    partners: int | None = typer.Option(None, help="Override the number of partners."),
+    epsilon: float | None = typer.Option(None, help="Override ε per partner (inf: no DP)."),
+    seeds: str | None = typer.Option(None, help="Override seeds, e.g. 0-2."),
+    output: Path | None = typer.Option(None, help="Output directory (default runs/<scenario>)."),
+    cache_dir: Path = typer.Option(Path(".fedadmet-cache"), help="Feature cache directory."),
+) -> None:
+    """Run a scenario: the production apps in Flower's simulation engine, plus the report."""
+    from simulations.baseline import parse_seeds
+    from simulations.report import write_report
+    from simulations.runner import run_scenario
+    from simulations.scenario import load_scenario
+
+    sc = load_scenario(scenario).with_overrides(
+        rounds=rounds, partners=partners, epsilon=epsilon,
+        seeds=tuple(parse_seeds(seeds)) if seeds else None)
+    out = output or Path("runs") / sc.name
+    console = Console()
+    console.print(f"[bold]{sc.name}[/bold]: {sc.partners} partners, {sc.rounds} rounds, "
+                  f"ε={sc.epsilon}, seeds {list(sc.seeds)} -> {out}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[last]}"),
+                  TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("rounds", total=sc.rounds * len(sc.seeds), last="")
+
+        def on_round(summary: object) -> None:
+            ev = getattr(summary, "evaluate", {})
+            bar.update(task, advance=1, last=f"round {getattr(summary, 'round', '?')} "
+                       f"accepted {getattr(summary, 'accepted', '?')} " + " ".join(
+                           f"{k}={v:.3f}" for k, v in sorted(ev.items()) if k != "loss"))
+
+        results = run_scenario(sc, out, cache=cache_dir, progress=on_round)
+    files = write_report(results, out)
+    console.print((out / "report.md").read_text(encoding="utf-8"))
+    console.print(f"[green]report[/green]: {files['md']} and {files['html']}; receipts verify "
+                  f"with `fedadmet audit verify {results['seeds'][0]['receipts_dir']} "
+                  f"--coordinator-key {out / f'seed-{sc.seeds[0]}' / 'coordinator' / 'keys'}"
+                  "/receipt-signing.pub`")
+
+
 def register(app: typer.Typer) -> None:
     """Attach the research commands to the root CLI."""
     app.command("baseline")(baseline)
+    app.command("simulate")(simulate)

@@ -92,7 +92,7 @@ def _federation_toml(scenario: Scenario, seed: int, scaling: dict[str, tuple[flo
         "[privacy]", f"max-grad-norm = {scenario.max_grad_norm}",
         f"target-epsilon = {eps if math.isfinite(eps) else 1e6}", f"delta = {scenario.delta}",
         f"local-epochs = {scenario.local_epochs}", f"batch-size = {scenario.batch_size}",
-        f"learning-rate = {scenario.learning_rate}",
+        f"learning-rate = {scenario.learning_rate}", f'optimizer = "{scenario.optimizer}"',
         f"unsafe-no-dp = {'true' if math.isinf(eps) else 'false'}", "",
         "[server-optimizer]", f'name = "{scenario.server_optimizer}"',
         f"learning-rate = {scenario.server_learning_rate}", "",
@@ -128,6 +128,7 @@ def prepare_seed(scenario: Scenario, root: Path, *, seed: int, cache: Path) -> S
     partners = build_partner_data(scenario, root, seed=seed, cache=cache)
     coord = root / "coordinator"
     coordinator_key = _key(coord / "keys" / "receipt-signing.key")
+    (coord / "keys" / "receipt-signing.pub").write_bytes(public_key_pem(coordinator_key))
     tasks = {e.name: e.task for e in scenario.endpoints}
     members = []
     configs: dict[int, Path] = {}
@@ -180,3 +181,50 @@ def run_seed(run: SeedRun, *, on_round: Any = None) -> SeedRun:
     if not final.exists():
         raise RuntimeError(f"the federation did not finish: no {final}; see the log above")
     return run
+
+
+def run_scenario(scenario: Scenario, out_dir: Path, *, cache: Path,
+                 progress: Any = None) -> dict[str, Any]:
+    """All seeds: federate, compare the four arms, and return the results dict."""
+    from chem.models import ModelSpec
+    from coordinator.server_app import model_spec_for
+    from participant.heads import PrivateHeadStore
+    from protocols.receipts import parse_receipt, receipt_hash, verify_chain
+    from protocols.signing import load_private_key
+    from simulations.comparisons import compare_partners
+
+    t0 = time.perf_counter()
+    seeds: list[dict[str, Any]] = []
+    for seed in scenario.seeds:
+        run = prepare_seed(scenario, out_dir / f"seed-{seed}", seed=seed, cache=cache)
+        run_seed(run, on_round=progress)
+        state = run.federation.state_dir
+        with np.load(state / "global_model.npz") as npz:
+            weights = {k: npz[k] for k in npz.files}
+        receipts = sorted((state / "receipts").glob("receipt-*.json"))
+        key = load_private_key(run.federation.signing_key.read_bytes())  # type: ignore[union-attr]
+        chain = verify_chain([p.read_bytes() for p in receipts], coordinator_key=key.public_key())
+        if not chain.ok:
+            raise RuntimeError(f"receipt chain failed verification: {chain.reason}")
+        last = parse_receipt(receipts[-1].read_bytes())
+        eps = {leaf.participant_fingerprint: float(leaf.claimed_epsilon or 0.0)
+               for leaf in last.leaves}
+        comparisons: list[dict[str, Any]] = []
+        if scenario.compare:
+            mspec: ModelSpec = model_spec_for(run.federation)
+            heads = {p.index: PrivateHeadStore(p.train_csv.parent / "state").load()
+                     for p in run.partners}
+            rows = compare_partners(
+                partner_dirs=[p.train_csv.parent for p in run.partners],
+                endpoints=[e.name for e in scenario.endpoints],
+                tasks={e.name: e.task for e in scenario.endpoints}, model=mspec,
+                global_weights=weights, private_heads=heads, featurizer=scenario.featurizer,
+                cache=cache, seed=seed)
+            comparisons = [r.__dict__ for r in rows]
+        seeds.append({"seed": seed, "rounds": run.rounds, "seconds": run.seconds,
+                      "comparisons": comparisons, "epsilon": eps,
+                      "receipt_chain_head": receipt_hash(last), "receipts_dir": str(
+                          state / "receipts"),
+                      "config_digest": run.federation.digest()})
+    return {"scenario": scenario.to_dict(), "scenario_digest": scenario.digest(),
+            "seeds": seeds, "seconds": time.perf_counter() - t0}

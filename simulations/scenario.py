@@ -59,7 +59,8 @@ class Scenario:
     dropout: float = 0.1
     local_epochs: int = 1
     batch_size: int = 128
-    learning_rate: float = 1e-3
+    learning_rate: float = 0.5
+    optimizer: str = "sgd"
     max_grad_norm: float = 1.0
     server_optimizer: str = "fedavg"
     server_learning_rate: float = 1.0
@@ -166,7 +167,8 @@ def load_scenario(path: str | Path | None = None) -> Scenario:
         dropout=t.number("dropout", 0.1, min=0.0, max=0.9),
         local_epochs=t.integer("local-epochs", 1, min=1),
         batch_size=t.integer("batch-size", 128, min=1),
-        learning_rate=t.number("learning-rate", 1e-3, min=0.0, min_exclusive=True),
+        learning_rate=t.number("learning-rate", 0.5, min=0.0, min_exclusive=True),
+        optimizer=t.text("optimizer", "sgd", choices=("sgd", "adam")),
         max_grad_norm=t.number("max-grad-norm", 1.0, min=0.0, min_exclusive=True),
         server_optimizer=t.text("server-optimizer", "fedavg",
                                 choices=("fedavg", "fedadam", "fedyogi")),

@@ -1,0 +1,121 @@
+"""What federation buys each partner, measured on the partner's own held-out test set.
+
+Four arms per partner and endpoint:
+
+1. **local-only**: the partner trains alone, non-privately (what it can do today);
+2. **federated**: the final global model (with the partner's private heads);
+3. **federated + fine-tune**: the transfer-learning path: start from the federated
+   trunk and heads, fine-tune on the partner's own data (trunk at a tenth of the
+   learning rate), early stopping on a local validation split;
+4. **pooled**: everyone's training data in one place, non-private: the
+   unattainable upper bound.
+
+Figure of merit: the share of the local-only-to-pooled gap the federation
+closes, ``(m_fed - m_local) / (m_pooled - m_local)``, which is sign-correct for
+both lower-is-better (MAE) and higher-is-better (AUROC) metrics. It is NaN when
+the gap is too small to divide by.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from chem.featurizers import featurize, get_spec
+from chem.metrics import endpoint_metrics, headline_metric, mean_predictor_metrics
+from chem.models import EndpointSpec, ModelSpec, build_model, predict, set_weights
+from chem.splits import scaffold_split
+from chem.tables import load_table
+from chem.training import Split, fit
+
+__all__ = ["ArmResult", "compare_partners", "gap_closed"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArmResult:
+    """One metric value for one partner, endpoint and arm."""
+
+    partner: int
+    endpoint: str
+    metric: str
+    arm: str
+    value: float
+    n_test: int
+
+
+def gap_closed(local: float, fed: float, pooled: float) -> float:
+    """Share of the local-to-pooled gap closed by ``fed`` (NaN if the gap is ~0)."""
+    gap = pooled - local
+    if not math.isfinite(gap) or abs(gap) < 1e-6:
+        return math.nan
+    return (fed - local) / gap
+
+
+def _load(path: Path, endpoints: list[str], spec_key: str, cache: Path
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    table = load_table(path, endpoints={e: e for e in endpoints}, cache_dir=cache)
+    x = featurize(list(table.smiles), get_spec(spec_key), cache_dir=cache)
+    return x, np.nan_to_num(table.labels), table.mask, list(table.smiles)
+
+
+def compare_partners(*, partner_dirs: list[Path], endpoints: list[str], tasks: dict[str, str],
+                     model: ModelSpec, global_weights: dict[str, np.ndarray],
+                     private_heads: dict[int, dict[str, np.ndarray]], featurizer: str,
+                     cache: Path, seed: int, epochs: int = 60) -> list[ArmResult]:
+    """Run the four arms for every partner; returns one row per arm, partner, endpoint."""
+    torch.manual_seed(seed)
+    data = [(_load(d / "train.csv", endpoints, featurizer, cache),
+             _load(d / "test.csv", endpoints, featurizer, cache)) for d in partner_dirs]
+    full = ModelSpec(input_dim=model.input_dim, hidden_dims=model.hidden_dims,
+                     dropout=model.dropout, endpoints=tuple(
+                         next((e for e in model.endpoints if e.name == n),
+                              EndpointSpec(name=n, task=tasks[n]))  # type: ignore[arg-type]
+                         for n in endpoints))
+
+    def local_split(x: np.ndarray, y: np.ndarray, m: np.ndarray, smiles: list[str]
+                    ) -> tuple[Split, Split]:
+        tr, va, _ = scaffold_split(smiles, (0.85, 0.15, 0.0), seed=seed)
+        return Split(x[tr], y[tr], m[tr]), Split(x[va], y[va], m[va])
+
+    def scored(k: int, arm: str, pred: np.ndarray, rows: list[ArmResult]) -> None:
+        _, (_, yt, mt, _) = data[k]
+        per = endpoint_metrics(yt, pred, mt, endpoints, [tasks[e] for e in endpoints])
+        for e in endpoints:
+            if per[e].get("n", 0) > 0:
+                metric = headline_metric(tasks[e])
+                rows.append(ArmResult(partner=k, endpoint=e, metric=metric, arm=arm,
+                                      value=per[e].get(metric, math.nan),
+                                      n_test=int(per[e]["n"])))
+
+    rows: list[ArmResult] = []
+    pooled_x = np.concatenate([d[0][0] for d in data])
+    pooled_y = np.concatenate([d[0][1] for d in data])
+    pooled_m = np.concatenate([d[0][2] for d in data])
+    pooled_s = [s for d in data for s in d[0][3]]
+    pooled = build_model(full, seed=seed)
+    fit(pooled, *local_split(pooled_x, pooled_y, pooled_m, pooled_s), epochs=epochs, seed=seed)
+    for k, ((x, y, m, smiles), (xt, yt, mt, _)) in enumerate(data):
+        train, valid = local_split(x, y, m, smiles)
+        base = mean_predictor_metrics(train.y, train.mask, yt, mt, endpoints,
+                                      [tasks[e] for e in endpoints])
+        for e in endpoints:
+            if base[e].get("n", 0) > 0:
+                metric = headline_metric(tasks[e])
+                rows.append(ArmResult(partner=k, endpoint=e, metric=metric,
+                                      arm="mean-predictor", value=base[e].get(metric, math.nan),
+                                      n_test=int(base[e]["n"])))
+        local = build_model(full, seed=seed)
+        fit(local, train, valid, epochs=epochs, seed=seed)
+        scored(k, "local-only", predict(local, xt), rows)
+        fed = build_model(full, seed=seed)
+        set_weights(fed, global_weights)
+        set_weights(fed, private_heads.get(k, {}), strict=False)
+        scored(k, "federated", predict(fed, xt), rows)
+        fit(fed, train, valid, epochs=epochs, seed=seed, trunk_lr_factor=0.1)
+        scored(k, "federated+finetune", predict(fed, xt), rows)
+        scored(k, "pooled", predict(pooled, xt), rows)
+    return rows
