@@ -54,6 +54,12 @@ def test_parallel_equals_serial() -> None:
     assert np.array_equal(featurize(smiles, spec, n_jobs=1), featurize(smiles, spec, n_jobs=2))
 
 
+def test_descriptors_go_parallel_early_and_match_serial() -> None:
+    smiles = STD * 2  # 100 molecules: above the descriptor threshold, below the ECFP one
+    spec = get_spec("rdkit2d/v1")
+    assert np.array_equal(featurize(smiles, spec, n_jobs=1), featurize(smiles, spec, n_jobs=2))
+
+
 def test_spec_digest_is_stable_across_processes() -> None:
     code = ("from chem.featurizers import get_spec; import json; print(json.dumps("
             "{k: get_spec(k).digest() for k in ['ecfp4-count-2048/v1', 'rdkit2d/v1']}))")
