@@ -1,7 +1,10 @@
 """Reading molecule tables (CSV, Parquet, SDF) into standardised, labelled arrays.
 
 Nothing is lost quietly: rows whose SMILES cannot be standardised are
-reported with their 1-based data-row number and reason and the rest go on;
+reported with their 1-based data-row number and reason and the rest go on.
+Row numbers count data rows in the source file: in a CSV, row 1 is the line
+after the header (so row ``r`` is on line ``r + 1`` when no field spans
+lines); in an SDF, row ``r`` is the ``r``-th record.
 missing or non-numeric labels are masked (and non-numeric ones reported);
 a missing column names the columns that were found.
 
@@ -74,7 +77,9 @@ def read_frame(path: Path) -> pd.DataFrame:
                         expected="a header row and at least one molecule")
     try:
         if suffix == ".csv":
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            # Blank lines stay rows (reported as missing SMILES) so that row numbers
+            # keep matching the file.
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
         elif suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         elif suffix == ".sdf":

@@ -59,6 +59,16 @@ def test_non_numeric_labels_are_masked_and_reported(tmp_path: Path) -> None:
     assert [(b.row, b.column, b.value) for b in table.bad_labels] == [(1, "a", ">10")]
 
 
+def test_blank_line_is_reported_and_row_numbers_still_match_the_file(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "d.csv", f"smiles,y\n{DRUGS[0]},1\n\n{DRUGS[2]},3\nC1CC,4\n")
+    table = load_table(path)
+    assert table.rows.tolist() == [1, 3]
+    assert [(r.row, r.reason) for r in table.report.invalid] == [(2, "missing SMILES"),
+                                                                 (4, "unparsable SMILES")]
+    lines = path.read_text().splitlines()
+    assert lines[4].startswith("C1CC")  # row r is on line r + 1 (1-based)
+
+
 def test_ten_percent_garbage_smiles_reported_with_row_numbers(tmp_path: Path) -> None:
     smiles = DRUGS[:18] + GARBAGE[:2]
     frame = pd.DataFrame({"smiles": smiles, "y": np.arange(20, dtype=float)})
