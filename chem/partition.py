@@ -40,6 +40,21 @@ def _check(n_partners: int, alpha: float) -> None:
         raise ConfigError("alpha", "must be positive", got=alpha, expected="alpha > 0")
 
 
+def _groups_covering_all(smiles: Sequence[str]) -> list[list[int]]:
+    """Scaffold groups; an unparsable SMILES is an error here, never a silent drop."""
+    groups = scaffold_groups(smiles)
+    if sum(len(g) for g in groups) != len(smiles):
+        seen = {i for g in groups for i in g}
+        bad = [i for i in range(len(smiles)) if i not in seen]
+        raise DataError(
+            f"{len(bad)} SMILES have no Murcko scaffold (RDKit cannot parse them)",
+            got=[(i, smiles[i]) for i in bad[:5]],
+            expected="standardised SMILES (chem.standardize / chem.tables.load_table)",
+            fix="partition the valid rows that load_table returns",
+        )
+    return groups
+
+
 def _assign_groups(groups: list[list[int]], shares: np.ndarray, rng: np.random.Generator
                    ) -> list[list[int]]:
     """Greedy: largest groups first, each to the partner furthest below its share."""
@@ -65,8 +80,8 @@ def scaffold_dirichlet_partition(smiles: Sequence[str], *, n_partners: int, alph
     Redraws (bounded) until every partner has ``min_size`` molecules.
     """
     _check(n_partners, alpha)
-    groups = scaffold_groups(smiles)
-    n = sum(len(g) for g in groups)
+    groups = _groups_covering_all(smiles)
+    n = len(smiles)
     if n < n_partners * min_size:
         raise DataError("too few molecules for the requested partners",
                         got=n, expected=f">= {n_partners * min_size}")
@@ -97,14 +112,18 @@ def quantity_skew_partition(n: int, *, n_partners: int, alpha: float, seed: int,
                             ) -> list[np.ndarray]:
     """Partner sizes ~ Dir(alpha); with ``smiles``, scaffold groups stay whole."""
     _check(n_partners, alpha)
+    if smiles is not None and len(smiles) != n:
+        raise DataError("`smiles` must have one entry per molecule", got=len(smiles),
+                        expected=f"{n} SMILES")
+    groups = _groups_covering_all(smiles) if smiles is not None else None
     if n < n_partners * min_size:
         raise DataError("too few molecules for the requested partners",
                         got=n, expected=f">= {n_partners * min_size}")
     rng = np.random.default_rng(seed)
     for _ in range(_MAX_REDRAWS):
         shares = rng.dirichlet(np.full(n_partners, alpha))
-        if smiles is not None:
-            parts = _assign_groups(scaffold_groups(smiles), shares, rng)
+        if groups is not None:
+            parts = _assign_groups(groups, shares, rng)
         else:
             perm = rng.permutation(n)
             cuts = np.floor(np.cumsum(shares)[:-1] * n).astype(int)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chem.partition import (
     by_endpoint_partition,
@@ -13,6 +15,11 @@ from chem.partition import (
 from chem.splits import murcko_scaffold
 from protocols.errors import ConfigError, DataError
 from simulations.datasets import load_dataset
+from tests.chem.conftest import DRUGS, GARBAGE
+
+# Fixed molecules with repeated scaffolds so that keeping groups whole is a real constraint.
+SMALL = [*DRUGS, *(f"c1ccccc1{r}" for r in ("C", "CC", "O", "N", "F", "Cl", "CO", "CN")),
+         *(f"C1CCCCC1{r}" for r in ("C", "O", "N", "F"))]
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +69,32 @@ def test_by_endpoint_gives_each_partner_only_its_endpoints() -> None:
     assert sorted(np.concatenate([out[0]["a"], out[1]["a"]]).tolist()) == list(range(10))
     with pytest.raises(ConfigError):
         by_endpoint_partition({"a": 3}, {"a": [5]}, n_partners=3, seed=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 6), st.sampled_from([0.05, 0.5, 5.0]),
+       st.booleans())
+def test_partners_never_share_a_scaffold(seed: int, n_partners: int, alpha: float,
+                                         quantity: bool) -> None:
+    if quantity:
+        parts = quantity_skew_partition(len(SMALL), n_partners=n_partners, alpha=alpha,
+                                        seed=seed, min_size=0, smiles=SMALL)
+    else:
+        parts = scaffold_dirichlet_partition(SMALL, n_partners=n_partners, alpha=alpha,
+                                             seed=seed, min_size=0)
+    assert len(parts) == n_partners
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(SMALL)))
+    owners: dict[str | None, set[int]] = {}
+    for k, idx in enumerate(parts):
+        for i in idx.tolist():
+            owners.setdefault(murcko_scaffold(SMALL[i]), set()).add(k)
+    assert all(len(v) == 1 for v in owners.values())
+
+
+def test_unparsable_smiles_are_an_error_not_a_silent_drop() -> None:
+    bad = [*SMALL, GARBAGE[0]]
+    with pytest.raises(DataError, match="no Murcko scaffold") as err:
+        scaffold_dirichlet_partition(bad, n_partners=2, alpha=1.0, seed=0)
+    assert (len(SMALL), GARBAGE[0]) in err.value.got
+    with pytest.raises(DataError):
+        quantity_skew_partition(len(bad), n_partners=2, alpha=1.0, seed=0, smiles=bad)
