@@ -162,13 +162,21 @@ def get_spec(key: str) -> FeaturizationSpec:
 def check_compatible(spec: FeaturizationSpec) -> None:
     """Refuse a spec this site cannot reproduce bit for bit."""
     local = get_spec(spec.key)
-    if local.digest() != spec.digest():
-        raise SpecMismatchError(
-            f"featurization spec {spec.key} differs from what this site computes",
-            got=spec.to_dict(), expected=local.to_dict(),
-            fix="install the RDKit version the federation announces "
-            f"({spec.rdkit_version}) so features match across sites",
-        )
+    if local.digest() == spec.digest():
+        return
+    if spec.rdkit_version != local.rdkit_version:
+        fix = (f"install RDKit {spec.rdkit_version} (this site has {local.rdkit_version}) "
+               "so that features match across sites; do not train on mismatched features")
+    elif spec.standardizer_version != local.standardizer_version:
+        fix = (f"install the fedadmet release with standardiser {spec.standardizer_version} "
+               f"(this site has {local.standardizer_version})")
+    else:
+        fix = ("the featurizer parameters differ; install the fedadmet release the "
+               "federation announces")
+    raise SpecMismatchError(
+        f"featurization spec {spec.key} differs from what this site computes",
+        got=spec.to_dict(), expected=local.to_dict(), fix=fix,
+    )
 
 
 def feature_dim(spec: FeaturizationSpec) -> int:

@@ -76,7 +76,16 @@ def test_a_spec_from_another_rdkit_version_is_refused() -> None:
     assert foreign.digest() != spec.digest()
     with pytest.raises(SpecMismatchError) as err:
         featurize(STD, foreign)
-    assert "2019.03.1" in str(err.value)
+    assert "install RDKit 2019.03.1" in str(err.value)
+
+
+def test_a_spec_with_other_parameters_is_refused() -> None:
+    spec = get_spec("ecfp4-count-2048/v1")
+    tampered = FeaturizationSpec(name=spec.name, version=spec.version,
+                                 params={**spec.params, "n_bits": 1024})
+    with pytest.raises(SpecMismatchError) as err:
+        featurize(STD, tampered)
+    assert "parameters differ" in str(err.value)
 
 
 def test_spec_round_trips_through_dict() -> None:
