@@ -66,6 +66,8 @@ class Scenario:
     server_learning_rate: float = 1.0
     round_timeout: float = 600.0
     compare: bool = True
+    # dp-sweep: the epsilons to run one after another (empty: just ``epsilon``)
+    epsilon_sweep: tuple[float, ...] = ()
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -86,10 +88,22 @@ class Scenario:
         _validate(updated)
         return updated
 
+    @property
+    def private_label(self) -> str:
+        """How the privacy setting is named in reports: ``ε=8`` or ``non-private (ε=inf)``."""
+        return "non-private (ε=inf)" if math.isinf(self.epsilon) else f"ε={self.epsilon:g}"
+
+    def sweep(self) -> list[Scenario]:
+        """One scenario per epsilon of a dp-sweep (``[self]`` when there is no sweep)."""
+        if not self.epsilon_sweep:
+            return [self]
+        return [replace(self, epsilon=e, epsilon_sweep=()) for e in self.epsilon_sweep]
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         d = asdict(self)
         d["epsilon"] = "inf" if math.isinf(self.epsilon) else self.epsilon
+        d["epsilon_sweep"] = ["inf" if math.isinf(e) else e for e in self.epsilon_sweep]
         d["endpoints"] = [{k: (str(v) if isinstance(v, Path) else v) for k, v in e.items()}
                           for e in d["endpoints"]]
         return d
@@ -104,15 +118,37 @@ class Scenario:
 def _validate(s: Scenario) -> None:
     if s.partners < 2:
         raise ConfigError("partners", "a federation needs at least 2 partners", got=s.partners)
-    if not (s.epsilon > 0):
-        raise ConfigError("epsilon", "must be positive (use \"inf\" for non-private)",
-                          got=s.epsilon)
+    for eps in (s.epsilon, *s.epsilon_sweep):
+        if not (eps > 0):
+            raise ConfigError("epsilon", "must be positive (use \"inf\" for non-private)",
+                              got=eps, expected="a number > 0 or \"inf\"")
+    if not 0 < s.delta < 1:
+        raise ConfigError("delta", "must lie strictly between 0 and 1", got=s.delta)
+    if s.alpha <= 0:
+        raise ConfigError("alpha", "the Dirichlet concentration must be positive", got=s.alpha,
+                          expected="a number > 0")
+    if s.rounds < 1:
+        raise ConfigError("rounds", "at least one round is required", got=s.rounds)
+    if not s.seeds:
+        raise ConfigError("seeds", "at least one seed is required", got=list(s.seeds))
+    names = [e.name for e in s.endpoints]
+    if len(set(names)) != len(names):
+        raise ConfigError("endpoints", "endpoint names must be unique", got=names)
     if not s.consortium:
         raise ConfigError("endpoints", "at least one consortium endpoint is required")
     for e in s.private:
         if e.private_to is not None and not 0 <= e.private_to < s.partners:
             raise ConfigError(f"endpoints.{e.name}.private-to", "partner index out of range",
                               got=e.private_to, expected=f"0..{s.partners - 1}")
+
+
+def _epsilons(t: Table, raw: dict[str, Any], source: str) -> list[float]:
+    """``epsilon`` is one number, ``"inf"`` (non-private), or a list of them (a dp-sweep)."""
+    if not isinstance(raw.get("epsilon"), list):
+        return [t.number("epsilon", 8.0, allow_inf=True, min=0.0, min_exclusive=True)]
+    items = t.array("epsilon", min_len=1)
+    return [Table({"epsilon": item}, source=source).number(
+        "epsilon", allow_inf=True, min=0.0, min_exclusive=True) for item in items]
 
 
 def load_scenario(path: str | Path | None = None) -> Scenario:
@@ -129,6 +165,7 @@ def load_scenario(path: str | Path | None = None) -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("scenario", f"is not valid TOML ({exc})", got=str(path)) from None
     t = Table(raw, source=str(path))
+    sweep = _epsilons(t, raw, str(path))
     endpoints = []
     for name, et in t.tables("endpoints").items():
         dataset = et.optional_text("dataset")
@@ -154,7 +191,8 @@ def load_scenario(path: str | Path | None = None) -> Scenario:
         name=t.text("name", path.stem),
         partners=t.integer("partners", 4, min=1),
         rounds=t.integer("rounds", 5, min=1),
-        epsilon=t.number("epsilon", 8.0, allow_inf=True, min=0.0, min_exclusive=True),
+        epsilon=sweep[0],
+        epsilon_sweep=tuple(sweep) if len(sweep) > 1 else (),
         delta=t.number("delta", 1e-5, min=0.0, max=1.0, min_exclusive=True),
         seeds=tuple(t.array("seeds", [0], item_type=int, min_len=1)),
         endpoints=tuple(endpoints),
