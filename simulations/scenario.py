@@ -134,12 +134,13 @@ def _validate(s: Scenario) -> None:
     names = [e.name for e in s.endpoints]
     if len(set(names)) != len(names):
         raise ConfigError("endpoints", "endpoint names must be unique", got=names)
-    if not s.consortium:
-        raise ConfigError("endpoints", "at least one consortium endpoint is required")
     for e in s.private:
         if e.private_to is not None and not 0 <= e.private_to < s.partners:
             raise ConfigError(f"endpoints.{e.name}.private-to", "partner index out of range",
                               got=e.private_to, expected=f"0..{s.partners - 1}")
+    if not s.consortium:
+        raise ConfigError("endpoints", "at least one consortium endpoint is required",
+                          fix="add an endpoint without `private-to`")
 
 
 def _epsilons(t: Table, raw: dict[str, Any], source: str) -> list[float]:
