@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import rdkit
 import torch
+from mlflow.entities import LoggedModelOutput
 from mlflow.models import ModelSignature
 from mlflow.pyfunc.model import PythonModel, PythonModelContext
 from mlflow.telemetry import set_telemetry_client
@@ -47,6 +48,7 @@ __all__ = [
     "PredictorFiles",
     "SmilesPredictor",
     "load_predictor",
+    "log_predictor",
     "save_predictor_files",
 ]
 
@@ -215,6 +217,41 @@ def pip_requirements() -> list[str]:
     with contextlib.suppress(metadata.PackageNotFoundError):  # a source checkout has none
         reqs.append(f"fedadmet=={metadata.version('fedadmet')}")
     return reqs
+
+
+def log_predictor(client: MlflowClient, files: PredictorFiles, *, run_id: str, name: str,
+                  step: int = 0, registered_model_name: str | None = None,
+                  version_tags: Mapping[str, str] | None = None) -> tuple[str, str | None]:
+    """Log ``files`` as a pyfunc model of ``run_id`` through ``client``; (model URI, version).
+
+    What ``mlflow.pyfunc.log_model`` does (logged model, artifacts, run output,
+    registration) without the fluent API's process-wide URI and active run.
+    """
+    experiment_id = client.get_run(run_id).info.experiment_id
+    model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id)
+    with tempfile.TemporaryDirectory(prefix="fedadmet-pyfunc-") as tmp:
+        local = Path(tmp) / "model"
+        mlflow.pyfunc.save_model(
+            str(local), python_model=files.python_model, artifacts=files.artifacts,
+            signature=files.signature, input_example=files.input_example,
+            pip_requirements=files.pip_requirements,
+            mlflow_model=mlflow.models.Model(artifact_path=model.artifact_location,
+                                             run_id=run_id, model_id=model.model_id))
+        client.log_model_artifacts(model.model_id, str(local))
+    client.finalize_logged_model(model.model_id, "READY")
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step)])
+    uri = f"models:/{model.model_id}"
+    if registered_model_name is None:
+        return uri, None
+    try:
+        client.get_registered_model(registered_model_name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(registered_model_name)
+    # The artifact location, not models:/: MLflow resolves that against the global URI.
+    version = client.create_model_version(
+        registered_model_name, source=str(model.artifact_location), run_id=run_id,
+        tags=dict(version_tags or {}), model_id=model.model_id)
+    return uri, str(version.version)
 
 
 def load_predictor(path_or_uri: str | Path, *, tracking_uri: str | None = None) -> Predictor:
