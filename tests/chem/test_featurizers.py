@@ -96,14 +96,14 @@ def test_spec_round_trips_through_dict() -> None:
 def test_warm_cache_returns_identical_features(tmp_path: Path) -> None:
     spec = get_spec("ecfp4-count-2048/v1")
     cold = featurize(STD, spec, cache_dir=tmp_path)
-    assert len(list(tmp_path.glob("*.npy"))) == 1
+    assert len(list(tmp_path.glob("*.npz"))) == 1
     assert np.array_equal(featurize(STD, spec, cache_dir=tmp_path), cold)
 
 
 def test_corrupted_cache_entry_is_recomputed(tmp_path: Path) -> None:
     spec = get_spec("ecfp4-count-2048/v1")
     cold = featurize(STD, spec, cache_dir=tmp_path)
-    entry = next(tmp_path.glob("*.npy"))
+    entry = next(tmp_path.glob("*.npz"))
     raw = bytearray(entry.read_bytes())
     raw[-1] ^= 0xFF
     entry.write_bytes(bytes(raw))
@@ -115,7 +115,7 @@ def test_corrupted_cache_entry_is_recomputed(tmp_path: Path) -> None:
 def test_truncated_cache_entry_with_a_matching_checksum_is_a_miss(tmp_path: Path) -> None:
     spec = get_spec("ecfp4-count-2048/v1")
     cold = featurize(STD, spec, cache_dir=tmp_path)
-    entry = next(tmp_path.glob("*.npy"))
+    entry = next(tmp_path.glob("*.npz"))
     short = entry.read_bytes()[:-4]  # a crash mid-copy, with the checksum rewritten to match
     entry.write_bytes(short)
     entry.with_suffix(".sha256").write_text(hashlib.sha256(short).hexdigest())
@@ -128,6 +128,16 @@ def test_warm_cache_hit_is_a_writable_float32_matrix(tmp_path: Path) -> None:
     featurize(STD, spec, cache_dir=tmp_path)
     hit = featurize(STD, spec, cache_dir=tmp_path)
     assert hit.dtype == np.float32 and hit.shape == (len(STD), 2048) and hit.flags.writeable
+
+
+@pytest.mark.parametrize("key", ["ecfp4-count-2048/v1", "rdkit2d/v1"])
+def test_sparse_and_dense_entries_round_trip_exactly(tmp_path: Path, key: str) -> None:
+    spec = get_spec(key)
+    cold = featurize(STD, spec, cache_dir=tmp_path, n_jobs=1)
+    with np.load(next(tmp_path.glob("*.npz"))) as entry:
+        assert ("indices" in entry.files) == (key.startswith("ecfp"))  # fingerprints are sparse
+    warm = FeatureCache(tmp_path).get(STD, spec)
+    assert warm is not None and warm.tobytes() == cold.tobytes()
 
 
 def test_unstandardised_garbage_is_a_data_error() -> None:
