@@ -286,19 +286,24 @@ class ChainReport:
     reason: str | None = None
 
 
-def verify_chain(receipts: Sequence[bytes], *, coordinator_key: Ed25519PublicKey) -> ChainReport:
+def verify_chain(receipts: Sequence[bytes], *, coordinator_key: Ed25519PublicKey,
+                 federation_id: str | None = None) -> ChainReport:
     """Verify stored receipts in order; report the first bad one and why.
 
     Detects a changed byte (not canonical, bad signature or Merkle root),
-    a removed receipt (a gap in rounds), reordered or inserted receipts, and
-    forks (two receipts for one round, or a link to something else).
+    a removed receipt (a gap in rounds), reordered or inserted receipts,
+    forks (two receipts for one round, or a link to something else), a
+    receipt from another federation, and a model swapped between rounds
+    (``model_digest_before`` of round r must be ``model_digest_after`` of
+    round r-1; docs/receipts.md §5).
     """
     prev_hash, prev_round = GENESIS_HASH, 0
+    prev: RoundReceipt | None = None
     seen_rounds: set[int] = set()
     for i, raw in enumerate(receipts):
-        def bad(reason: str, round_: int | None = None, i: int = i, prev: str = prev_hash
+        def bad(reason: str, round_: int | None = None, i: int = i, head: str = prev_hash
                 ) -> ChainReport:
-            return ChainReport(ok=False, verified=i, head_hash=prev, first_bad_index=i,
+            return ChainReport(ok=False, verified=i, head_hash=head, first_bad_index=i,
                                first_bad_round=round_, reason=reason)
         try:
             receipt = parse_receipt(raw)
@@ -308,6 +313,10 @@ def verify_chain(receipts: Sequence[bytes], *, coordinator_key: Ed25519PublicKey
             verify_receipt_signature(receipt, coordinator_key)
         except ReceiptVerificationError as exc:
             return bad(f"bad signature or altered content: {exc.message}", receipt.round)
+        expected_federation = federation_id if prev is None else prev.federation_id
+        if expected_federation is not None and receipt.federation_id != expected_federation:
+            return bad(f"foreign receipt: federation {receipt.federation_id!r}, expected "
+                       f"{expected_federation!r}", receipt.round)
         if receipt.round in seen_rounds:
             return bad(f"forked chain: a second receipt for round {receipt.round}", receipt.round)
         if receipt.round < prev_round:
@@ -319,6 +328,11 @@ def verify_chain(receipts: Sequence[bytes], *, coordinator_key: Ed25519PublicKey
         if receipt.previous_receipt_hash != prev_hash:
             return bad("forked chain or inserted receipt: previous-receipt hash does not "
                        "match the receipt before it", receipt.round)
+        if prev is not None and receipt.model_digest_before != prev.model_digest_after:
+            return bad(f"swapped global model: round {receipt.round} starts from "
+                       f"{receipt.model_digest_before[:12]}, not the "
+                       f"{prev.model_digest_after[:12]} round {prev.round} produced",
+                       receipt.round)
         seen_rounds.add(receipt.round)
-        prev_hash, prev_round = receipt_hash(receipt), receipt.round
+        prev, prev_hash, prev_round = receipt, receipt_hash(receipt), receipt.round
     return ChainReport(ok=True, verified=len(receipts), head_hash=prev_hash)

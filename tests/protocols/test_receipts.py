@@ -178,3 +178,42 @@ def test_leaves_must_be_sorted_and_unique() -> None:
 
 def test_genesis_receipt_links_to_zero_hash() -> None:
     assert chain(1)[0].previous_receipt_hash == GENESIS_HASH
+
+
+def _resign(receipts: list[RoundReceipt], index: int, *, federation_id: str | None = None,
+            model_digest_before: str | None = None) -> list[bytes]:
+    """Rewrite receipt ``index`` and re-sign and re-link every receipt from there on, as an
+    operator holding the coordinator key could: signatures and hash links all check out."""
+    out: list[RoundReceipt] = list(receipts[:index])
+    prev = receipt_hash(out[-1]) if out else GENESIS_HASH
+    for j, r in enumerate(receipts[index:]):
+        first = j == 0
+        new = build_receipt(
+            federation_id=(federation_id or r.federation_id) if first else r.federation_id,
+            round=r.round, issued_at=r.issued_at, previous_receipt_hash=prev,
+            model_digest_before=(model_digest_before or r.model_digest_before) if first
+            else r.model_digest_before,
+            model_digest_after=r.model_digest_after, config_digest=r.config_digest,
+            leaves=r.leaves, coordinator_key=COORDINATOR)
+        out.append(new)
+        prev = receipt_hash(new)
+    return _bytes(out)
+
+
+def test_coordinator_swapping_model_between_rounds_is_detected() -> None:
+    # A validly signed, correctly linked chain whose round 3 starts from a model that
+    # round 2 never produced: the operator substituted the global model in between.
+    raw = _resign(chain(4), 2, model_digest_before="9" * 64)
+    report = verify_chain(raw, coordinator_key=PUB)
+    assert not report.ok and report.first_bad_index == 2 and report.first_bad_round == 3
+    assert "swapped global model" in (report.reason or "")
+
+
+def test_receipt_from_another_federation_is_detected() -> None:
+    raw = _resign(chain(3), 1, federation_id="other-consortium")
+    report = verify_chain(raw, coordinator_key=PUB)
+    assert not report.ok and report.first_bad_index == 1
+    assert "foreign receipt" in (report.reason or "")
+    first = verify_chain(_bytes(chain(2)), coordinator_key=PUB, federation_id="not-fed")
+    assert not first.ok and first.first_bad_index == 0
+    assert verify_chain(_bytes(chain(2)), coordinator_key=PUB, federation_id="fed").ok

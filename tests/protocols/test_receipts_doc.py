@@ -48,3 +48,31 @@ def test_the_spec_s_independent_verifier_runs(tmp_path: Path) -> None:
     except Exception:  # InvalidSignature from the doc's verifier
         return
     raise AssertionError("the spec's verifier accepted a tampered receipt")
+
+
+def test_the_spec_s_verifier_agrees_with_ours_on_longer_chains(tmp_path: Path) -> None:
+    """The spec's verifier and verify_chain accept and refuse the same multi-round chains."""
+    from tests.protocols.factories import COORDINATOR, chain
+    from tests.protocols.test_receipts import _resign
+
+    text = DOC.read_text(encoding="utf-8")
+    namespace: dict[str, object] = {}
+    exec(text.split("```python\n")[1].split("```")[0], namespace)
+    verify_dir = namespace["verify_dir"]
+    pub_hex = COORDINATOR.public_key().public_bytes_raw().hex()
+    honest = [r.canonical_bytes() for r in chain(4)]
+    swapped = _resign(chain(4), 2, model_digest_before="9" * 64)
+    foreign = _resign(chain(4), 1, federation_id="other")
+    for name, raws, ok in (("honest", honest, True), ("swapped", swapped, False),
+                           ("foreign", foreign, False)):
+        d = tmp_path / name
+        d.mkdir()
+        for i, raw in enumerate(raws, start=1):
+            (d / f"receipt-{i:06d}.json").write_bytes(raw)
+        ours = verify_chain(raws, coordinator_key=COORDINATOR.public_key()).ok
+        try:
+            verify_dir(d, pub_hex)  # type: ignore[operator]
+            theirs = True
+        except AssertionError:
+            theirs = False
+        assert ours == theirs == ok, name
