@@ -5,7 +5,10 @@ checked (:func:`protocols.receipts.verify_receipt_for_participant`: signature
 against the pinned coordinator key, chain link, inclusion of our own
 submission, model digest, monotone rounds) *before* it is stored, and stored
 append-only (``receipts/receipt-NNNNNN.json``, the same bytes and names as the
-coordinator's log, so ``fedadmet audit verify`` works on either copy).
+coordinator's log, so ``fedadmet audit verify`` works on either copy). The
+site's own inclusion proof for a round is kept next to it as
+``proof-NNNNNN.json`` (canonical JSON of :class:`InclusionProof`), so the site
+can later show an auditor that its update is in the signed tree.
 
 If any check fails the site writes ``HALTED.json`` naming the check and the
 round, and refuses to train until an operator investigates and removes it:
@@ -71,6 +74,13 @@ class ReceiptStore:
         d = json.loads(self.halt_file.read_text(encoding="utf-8"))
         return Halt(check=d["check"], round=d.get("round"), message=d["message"])
 
+    def proof(self, round: int) -> InclusionProof | None:
+        """This site's stored inclusion proof for ``round``, if it had a leaf there."""
+        path = self.dir / f"proof-{round:06d}.json"
+        if not path.exists():
+            return None
+        return InclusionProof.from_dict(json.loads(path.read_bytes()))
+
     def _path(self, round: int) -> Path:
         return self.dir / f"receipt-{round:06d}.json"
 
@@ -106,7 +116,7 @@ class ReceiptStore:
                     own_fingerprint=own_fingerprint,
                     own_update_digest=submitted.get(receipt.round),
                     received_global_model_digest=received_global_model_digest if newest else None)
-                self._write(receipt)
+                self._write(receipt, proof)
                 stored.append(receipt)
                 last_round, last_hash = receipt.round, receipt_hash(receipt)
         except ReceiptVerificationError as exc:
@@ -117,8 +127,15 @@ class ReceiptStore:
             raise ReceiptVerificationError("malformed", exc.message) from exc
         return stored
 
-    def _write(self, receipt: RoundReceipt) -> None:
+    def _write(self, receipt: RoundReceipt, proof: InclusionProof | None) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        if proof is not None:
+            # Proof first: a crash in between leaves a proof without its receipt, and the
+            # receipt (which decides the last round held) is simply fetched again.
+            proof_path = self.dir / f"proof-{receipt.round:06d}.json"
+            if proof_path.exists():
+                proof_path.unlink()  # left by a crash before its receipt was stored
+            _atomic_create(proof_path, proof.canonical_bytes())
         _atomic_create(self._path(receipt.round), receipt.canonical_bytes())
 
     def _halt(self, check: str, round: int | None, message: str) -> None:
@@ -143,3 +160,13 @@ def _atomic_create(path: Path, data: bytes) -> None:
         os.link(tmp, path)
     finally:
         os.unlink(tmp)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the new directory entry durable (POSIX: fsync the directory itself)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -8,7 +8,8 @@ import pytest
 
 from participant.receipt_store import ReceiptStore
 from protocols.errors import ReceiptVerificationError
-from protocols.receipts import RoundReceipt, proof_for
+from protocols.merkle import verify_inclusion
+from protocols.receipts import RoundReceipt, parse_receipt, proof_for, receipt_hash
 from protocols.signing import fingerprint
 from tests.protocols.factories import COORDINATOR, MEMBERS, chain, key
 
@@ -73,3 +74,31 @@ def test_dropped_receipt_breaks_the_participants_chain(tmp_path: Path) -> None:
     with pytest.raises(ReceiptVerificationError) as err:
         _deliver(store, receipts[2:])  # round 2 withheld
     assert err.value.check == "chain"
+
+
+def test_own_inclusion_proofs_are_kept_and_verify_after_restart(tmp_path: Path) -> None:
+    receipts = chain(2)
+    _deliver(ReceiptStore(tmp_path), receipts)
+    reopened = ReceiptStore(tmp_path)  # a restarted daemon resumes from disk alone
+    assert reopened.last() == (2, receipt_hash(receipts[1]))
+    for r in receipts:
+        proof = reopened.proof(r.round)
+        assert proof is not None and proof == proof_for(r, fingerprint(ME))
+        stored = parse_receipt((tmp_path / "receipts" / f"receipt-{r.round:06d}.json").read_bytes())
+        own = next(x for x in stored.leaves if x.participant_fingerprint == fingerprint(ME))
+        verify_inclusion(own.leaf_bytes(), proof.leaf_index, proof.tree_size,
+                         [bytes.fromhex(h) for h in proof.path], bytes.fromhex(stored.merkle_root))
+    assert reopened.proof(3) is None
+
+
+def test_rewritten_history_is_refused_and_never_overwrites(tmp_path: Path) -> None:
+    store = ReceiptStore(tmp_path)
+    honest = chain(2)
+    _deliver(store, honest)
+    before = sorted((p.name, p.read_bytes()) for p in (tmp_path / "receipts").iterdir())
+    rewritten = chain(2, n_members=2)  # same rounds, other contents, validly signed
+    with pytest.raises(ReceiptVerificationError) as err:
+        _deliver(store, rewritten[:1])
+    assert err.value.check == "round-monotone"
+    after = sorted((p.name, p.read_bytes()) for p in (tmp_path / "receipts").iterdir())
+    assert after == before
