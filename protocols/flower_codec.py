@@ -59,7 +59,16 @@ def _numpy(record: object, key: str) -> dict[str, np.ndarray]:
     if not isinstance(record, ArrayRecord):
         raise MessageValidationError(f"record `{key}` is not an ArrayRecord",
                                      got=type(record).__name__)
-    return {name: record[name].numpy() for name in record}
+    out: dict[str, np.ndarray] = {}
+    for name in record:
+        try:
+            out[name] = record[name].numpy()
+        except (TypeError, ValueError, EOFError, OSError) as exc:
+            # Array.numpy() loads .npy bytes (allow_pickle=False); anything else is refused here.
+            raise MessageValidationError(f"array `{name}` in record `{key}` cannot be decoded",
+                                         got=f"{type(exc).__name__}: {exc}",
+                                         expected="a numpy-serialised array") from exc
+    return out
 
 
 def _wire(message: Wire) -> ConfigRecord:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from protocols import flower_codec as codec
 from protocols.errors import MessageValidationError
@@ -65,3 +65,26 @@ def test_extra_records_are_refused() -> None:
     content["smuggled"] = ConfigRecord({"smiles": "CCO"})
     with pytest.raises(MessageValidationError):
         codec.decode_train_reply(content)
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x93NUMPY garbage", b"not an array at all"])
+def test_undecodable_arrays_raise_validation_errors(payload: bytes) -> None:
+    content = codec.encode_train_reply(submission(MEMBERS[0]), ARRAYS, {})
+    good = content["fedadmet.delta"]["trunk.0.weight"]  # type: ignore[index]
+    bad = Array(dtype=good.dtype, shape=good.shape, stype=good.stype, data=payload)
+    content["fedadmet.delta"] = ArrayRecord({"trunk.0.weight": bad})
+    with pytest.raises(MessageValidationError, match="cannot be decoded"):
+        codec.decode_train_reply(content)
+
+
+def test_pickled_object_arrays_are_never_loaded() -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"smuggled": 1}], dtype=object), allow_pickle=True)
+    content = codec.encode_instruction(instruction(1), ARRAYS)
+    good = content["fedadmet.global"]["trunk.0.weight"]  # type: ignore[index]
+    evil = Array(dtype="object", shape=(1,), stype=good.stype, data=buf.getvalue())
+    content["fedadmet.global"] = ArrayRecord({"trunk.0.weight": evil})
+    with pytest.raises(MessageValidationError):
+        codec.decode_instruction(content)
