@@ -127,7 +127,12 @@ def check_tracking_uri(uri: str) -> str:
     if scheme == "sqlite":
         path = uri.removeprefix("sqlite:///")
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise TrackingError("cannot create the folder of the SQLite store", got=uri,
+                                    expected="a writable path", fix=f"check permissions ({exc})"
+                                    ) from None
     if scheme in ("http", "https"):
         _probe_server(uri)
     return uri
@@ -231,8 +236,8 @@ class MlflowTracker:
         self.package_model = package_model
         self.registered_model_name = registered_model_name or federation_id
         self.registered_versions: dict[int, str] = {}
-        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         with _mlflow_errors("opening the federation's run", self.uri):
+            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
             self.experiment_id = self._experiment(artifact_location)
             self.run_id, self.last_round, self.resumed = self._run(config, config_digest)
 

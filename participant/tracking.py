@@ -53,7 +53,12 @@ def check_local_uri(uri: str, *, unsafe_allow_remote_tracking: bool = False) -> 
     scheme = parsed.scheme.lower()
     if scheme in _LOCAL_SCHEMES:
         if scheme == "sqlite":
-            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise TrackingError("cannot create the folder of the SQLite store", got=uri,
+                                    expected="a writable path", fix=f"check permissions ({exc})"
+                                    ) from None
         return uri
     if scheme in ("http", "https") and parsed.hostname in _LOOPBACK:
         return uri
@@ -103,8 +108,8 @@ class ParticipantTracker:
         self.uri = check_local_uri(tracking_uri,
                                    unsafe_allow_remote_tracking=unsafe_allow_remote_tracking)
         self.site = site
-        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         with _mlflow_errors("opening the experiment", self.uri):
+            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
             exp = self.client.get_experiment_by_name(experiment)
             self.experiment_id = str(exp.experiment_id if exp is not None else
                                      self.client.create_experiment(

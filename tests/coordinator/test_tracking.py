@@ -180,3 +180,11 @@ def test_round_metrics_without_claims_have_no_mean() -> None:
     m = round_metrics(s)
     assert "epsilon.mean" not in m and "epsilon.central" not in m
     assert m["participants.dropped"] == 2.0
+
+
+def test_unwritable_sqlite_location_is_a_tracking_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(TrackingError, match="SQLite store"):
+        MlflowTracker.for_federation(
+            make_config(tmp_path, uri=f"sqlite:///{blocker / 'sub' / 'mlflow.db'}"))
