@@ -144,6 +144,16 @@ class InclusionProof(Wire):
     path: tuple[str, ...]
 
     def __post_init__(self) -> None:
+        n = "InclusionProof"
+        _check_int(n, "round", self.round, minimum=1)
+        _check_int(n, "leaf_index", self.leaf_index, minimum=0)
+        _check_int(n, "tree_size", self.tree_size, minimum=1)
+        if self.leaf_index >= self.tree_size:
+            raise MessageValidationError(f"{n}.leaf_index is invalid", got=self.leaf_index,
+                                         expected=f"an index below tree_size ({self.tree_size})")
+        if not isinstance(self.path, tuple | list):
+            raise MessageValidationError(f"{n}.path is invalid", got=self.path,
+                                         expected="a list of hex SHA-256 digests")
         object.__setattr__(self, "path", tuple(self.path))
         for i, h in enumerate(self.path):
             check_digest("InclusionProof", f"path[{i}]", h)
@@ -261,6 +271,14 @@ def verify_receipt_for_participant(
             raise ReceiptVerificationError(
                 "inclusion", "our submission is missing or altered", round=receipt.round,
                 got=None if own is None else own.update_digest, expected=own_update_digest)
+        position = [leaf.participant_fingerprint for leaf in receipt.leaves].index(own_fingerprint)
+        # The proof alone does not bind tree size or position; the signed leaves do.
+        if (proof.round, proof.leaf_index, proof.tree_size) != (
+                receipt.round, position, len(receipt.leaves)):
+            raise ReceiptVerificationError(
+                "inclusion", "proof does not describe our leaf in this receipt",
+                round=receipt.round, got=(proof.round, proof.leaf_index, proof.tree_size),
+                expected=(receipt.round, position, len(receipt.leaves)))
         merkle.verify_inclusion(own.leaf_bytes(), proof.leaf_index, proof.tree_size,
                                 [bytes.fromhex(h) for h in proof.path],
                                 bytes.fromhex(receipt.merkle_root))

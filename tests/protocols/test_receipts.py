@@ -10,6 +10,7 @@ from protocols.errors import MessageValidationError, ReceiptVerificationError, S
 from protocols.messages import UpdateSubmission
 from protocols.receipts import (
     GENESIS_HASH,
+    InclusionProof,
     RoundReceipt,
     build_receipt,
     proof_for,
@@ -217,3 +218,35 @@ def test_receipt_from_another_federation_is_detected() -> None:
     first = verify_chain(_bytes(chain(2)), coordinator_key=PUB, federation_id="not-fed")
     assert not first.ok and first.first_bad_index == 0
     assert verify_chain(_bytes(chain(2)), coordinator_key=PUB, federation_id="fed").ok
+
+
+def test_proof_borrowed_from_another_position_or_tree_is_rejected() -> None:
+    """An inclusion proof must describe our own leaf in this very receipt."""
+    receipt = chain(1, n_members=4)[0]
+    me = fingerprint(MEMBERS[0])
+    own = next(x for x in receipt.leaves if x.participant_fingerprint == me)
+    honest = proof_for(receipt, me)
+    assert honest is not None
+    other = proof_for(receipt, fingerprint(MEMBERS[1]))
+    assert other is not None and other.leaf_index != honest.leaf_index
+    bigger = InclusionProof(round=1, leaf_index=honest.leaf_index,
+                            tree_size=honest.tree_size + 1, path=honest.path)
+    for proof in (other, bigger, InclusionProof(round=2, leaf_index=honest.leaf_index,
+                                                tree_size=honest.tree_size, path=honest.path)):
+        with pytest.raises(ReceiptVerificationError) as err:
+            verify_receipt_for_participant(
+                receipt, proof, coordinator_key=PUB, last_receipt_hash=None, last_round=0,
+                own_fingerprint=me, own_update_digest=own.update_digest,
+                received_global_model_digest=receipt.model_digest_after)
+        assert err.value.check == "inclusion"
+
+
+@pytest.mark.parametrize("bad", [
+    {"round": "1"}, {"leaf_index": -1}, {"tree_size": 0}, {"leaf_index": 5, "tree_size": 5},
+    {"path": "ab"}, {"path": ["zz"]},
+])
+def test_malformed_inclusion_proofs_are_refused(bad: dict[str, object]) -> None:
+    d = {"kind": "inclusion-proof", "round": 1, "leaf_index": 0, "tree_size": 2,
+         "path": ["a" * 64], **bad}
+    with pytest.raises(MessageValidationError):
+        InclusionProof.from_dict(d)
