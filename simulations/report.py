@@ -4,6 +4,32 @@ The table gives, per partner and endpoint, the four arms (mean ± std across
 seeds) and the share of the local-only-to-pooled gap closed by federated +
 fine-tune. Wording is honest: where federation does not beat local-only, the
 report says so.
+
+Results-dict schema (what ``simulations.runner.run_scenario`` returns)::
+
+    {
+      "scenario": Scenario.to_dict(),          # resolved scenario; epsilon "inf" if non-private
+      "scenario_digest": str,                  # SHA-256 of RFC 8785 canonical JSON
+      "seconds": float,                        # wall time, all seeds
+      "seeds": [{
+        "seed": int,
+        "config_digest": str,                  # the coordinator's federation config digest
+        "seconds": float,                      # wall time of this seed's federation
+        "rounds": [RoundSummary.__dict__],     # round, evaluate {endpoint metric: value},
+                                               # seconds, accepted, ... (learning curves)
+        "comparisons": [ArmResult.__dict__],   # partner, endpoint, metric, arm, value, n_test
+                                               # arm in ARMS (four arms + mean-predictor)
+        "epsilon": {fingerprint: float},       # final claimed cumulative ε per partner
+        "receipt_chain_head": str,             # hash of the last receipt
+        "receipts_dir": str,
+      }],
+    }
+
+``write_report`` adds ``summary`` (one row per partner and endpoint, per-arm
+values across seeds, gap closed by federated and by federated + fine-tune,
+flags) and ``mean_gap_closed`` before writing ``results.json`` (NaN written as
+null, so the file is strict JSON). ``write_sweep_report`` takes one results
+dict per ε of a dp-sweep and draws the privacy-utility curve.
 """
 
 from __future__ import annotations
@@ -21,7 +47,7 @@ import numpy as np
 from chem.metrics import HIGHER_IS_BETTER
 from simulations.comparisons import gap_closed
 
-__all__ = ["write_report"]
+__all__ = ["ARMS", "summarise", "write_report", "write_sweep_report"]
 
 ARMS = ("local-only", "federated", "federated+finetune", "pooled", "mean-predictor")
 
@@ -48,10 +74,35 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
         better = HIGHER_IS_BETTER[metric]
         beats = [((ft > lo) if better else (ft < lo)) for lo, ft in zip(
             arms["local-only"], arms["federated+finetune"], strict=False)]
+        fed_gaps = [gap_closed(lo, fe, po) for lo, fe, po in zip(
+            arms["local-only"], arms["federated"], arms["pooled"], strict=False)]
+        fed_beats = [((fe > lo) if better else (fe < lo)) for lo, fe in zip(
+            arms["local-only"], arms["federated"], strict=False)]
         out.append({"partner": partner, "endpoint": endpoint, "metric": metric,
                     "arms": {a: arms.get(a, []) for a in ARMS},
-                    "gap_closed": gaps, "finetune_beats_local_all_seeds": all(beats)})
+                    "gap_closed": gaps, "gap_closed_federated": fed_gaps,
+                    "gap_too_small": any(math.isnan(g) for g in gaps),
+                    "finetune_beats_local_all_seeds": all(beats),
+                    "federated_beats_local_all_seeds": all(fed_beats)})
     return out
+
+
+def _strict_json(value: Any) -> Any:
+    """NaN and infinities are not JSON: write them as null (ε = inf stays the string "inf")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict_json(v) for v in value]
+    if isinstance(value, np.generic):
+        return _strict_json(value.item())
+    return value
+
+
+def _round_seconds(results: dict[str, Any]) -> list[float]:
+    return [float(r["seconds"]) for s in results["seeds"] for r in s["rounds"]
+            if isinstance(r.get("seconds"), int | float)]
 
 
 def _plots(results: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> list[Path]:
@@ -101,6 +152,13 @@ def _plots(results: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> li
     return paths
 
 
+def _per_round(results: dict[str, Any]) -> str:
+    secs = _round_seconds(results)
+    if not secs:
+        return ""
+    return f" ({np.mean(secs):.1f} s per round on average, slowest {max(secs):.1f} s)"
+
+
 def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
     """Write results.json, report.md, report.html and the plots into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -108,15 +166,16 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
     results = {**results, "summary": rows}
     gaps = [g for r in rows for g in r["gap_closed"] if math.isfinite(g)]
     results["mean_gap_closed"] = float(np.mean(gaps)) if gaps else math.nan
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n",
-                                      encoding="utf-8")
+    (out / "results.json").write_text(
+        json.dumps(_strict_json(results), indent=2, default=str, allow_nan=False) + "\n",
+        encoding="utf-8")
     plots = _plots(results, rows, out)
     lines = [f"# fedadmet simulation: {results['scenario']['name']}", "",
              f"Scenario digest `{results['scenario_digest'][:16]}`, seeds "
              f"{results['scenario']['seeds']}, ε = {results['scenario']['epsilon']} per partner "
              f"(δ = {results['scenario']['delta']}), {results['scenario']['rounds']} rounds, "
              f"{results['scenario']['partners']} partners. Wall time "
-             f"{results['seconds']:.0f} s.", "",
+             f"{results['seconds']:.0f} s" + _per_round(results) + ".", "",
              "Each partner is evaluated on its own scaffold-split held-out test set "
              "(mean ± std across seeds).", "",
              "| partner | endpoint | metric | local-only | federated | federated + fine-tune "
@@ -128,6 +187,8 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
                      f"{_fmt(a['federated+finetune'])} | {_fmt(a['pooled'])} | "
                      f"{_fmt(a['mean-predictor'])} | {_fmt(r['gap_closed'])} |")
     losers = [r for r in rows if not r["finetune_beats_local_all_seeds"]]
+    fed_losers = [r for r in rows if not r["federated_beats_local_all_seeds"]]
+    flat = [r for r in rows if r["gap_too_small"]]
     lines += ["", f"Mean share of the local-to-pooled gap closed by federated + fine-tune: "
               f"**{results['mean_gap_closed']:.2f}**.", ""]
     if losers:
@@ -136,6 +197,14 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
     else:
         lines.append("Federated + fine-tune beat local-only for every partner and endpoint in "
                      "every seed.")
+    if fed_losers:
+        lines.append("The federated model without fine-tuning did **not** beat local-only in "
+                     "every seed for: " + ", ".join(
+                         f"partner {r['partner']} {r['endpoint']}" for r in fed_losers) + ".")
+    if flat:
+        lines.append("Gap closed is n/a (local-only and pooled within 1e-6, so the share is "
+                     "undefined) for: " + ", ".join(
+                         f"partner {r['partner']} {r['endpoint']}" for r in flat) + ".")
     lines += ["", "Privacy spent per partner (final claimed cumulative ε, from the receipts):", ""]
     for seed_run in results["seeds"]:
         eps = seed_run["epsilon"]
@@ -160,3 +229,75 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
         f"</head><body>{table}{body}{images}</body></html>", encoding="utf-8")
     return {"results": out / "results.json", "md": out / "report.md",
             "html": out / "report.html", **{p.stem: p for p in plots}}
+
+
+def _eps_value(raw: Any) -> float:
+    return math.inf if raw == "inf" else float(raw)
+
+
+def write_sweep_report(runs: list[dict[str, Any]], out: Path) -> dict[str, Path]:
+    """A dp-sweep: one report per ε under ``out/eps-<ε>``, plus the privacy-utility curve.
+
+    The curve plots, per endpoint, the federated metric (mean over partners and
+    seeds) against ε; local-only and pooled (both non-private, independent of ε)
+    are drawn as horizontal reference lines. ε = inf is drawn at the right edge.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not runs:
+        raise ValueError("write_sweep_report needs at least one run")
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    points: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    refs: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in sorted(runs, key=lambda r: _eps_value(r["scenario"]["epsilon"])):
+        eps = _eps_value(run["scenario"]["epsilon"])
+        label = "inf" if math.isinf(eps) else f"{eps:g}"
+        sub = write_report(run, out / f"eps-{label}")
+        files[f"md-eps-{label}"] = sub["md"]
+        for row in summarise(run):
+            key = (row["endpoint"], row["metric"])
+            fed = [v for v in row["arms"]["federated"] if math.isfinite(v)]
+            if fed:
+                points[key].append((eps, float(np.mean(fed))))
+            for arm in ("local-only", "pooled"):
+                refs[key][arm] += [v for v in row["arms"][arm] if math.isfinite(v)]
+    curves = {k: sorted({e: [m for e2, m in v if e2 == e] for e, _ in v}.items())
+              for k, v in points.items()}
+    finite = [e for v in curves.values() for e, _ in v if math.isfinite(e)]
+    inf_x = (max(finite) * 2 if finite else 1.0)
+    fig, axes = plt.subplots(1, max(1, len(curves)), figsize=(4 * max(1, len(curves)), 3.2),
+                             squeeze=False)
+    table = ["| endpoint | metric | ε | federated (mean over partners) | local-only | pooled |",
+             "|---|---|---|---|---|---|"]
+    for ax, ((endpoint, metric), series) in zip(axes[0], sorted(curves.items()), strict=False):
+        xs = [inf_x if math.isinf(e) else e for e, _ in series]
+        ys = [float(np.mean(ms)) for _, ms in series]
+        ax.plot(xs, ys, marker="o", label="federated")
+        ref = refs[(endpoint, metric)]
+        for arm, style in (("local-only", ":"), ("pooled", "--")):
+            if ref[arm]:
+                ax.axhline(float(np.mean(ref[arm])), linestyle=style, color="grey", label=arm)
+        ax.set_xscale("log")
+        ax.set_xticks(xs)
+        ax.set_xticklabels(["∞" if math.isinf(e) else f"{e:g}" for e, _ in series])
+        ax.set_xlabel("ε per partner")
+        ax.set_title(f"{endpoint} ({metric.upper()})")
+        ax.legend(fontsize=7)
+        for (e, _), y in zip(series, ys, strict=True):
+            shown = "inf" if math.isinf(e) else f"{e:g}"
+            table.append(f"| {endpoint} | {metric.upper()} | {shown} "
+                         f"| {y:.3f} | {_fmt(ref['local-only'])} | {_fmt(ref['pooled'])} |")
+    fig.tight_layout()
+    plot = out / "privacy_utility.png"
+    fig.savefig(plot, dpi=110)
+    plt.close(fig)
+    md = "\n".join(["# fedadmet dp-sweep: privacy-utility", "",
+                    "Federated metric against ε per partner (δ fixed); local-only and pooled "
+                    "are non-private references. ε = inf means non-private federated training.",
+                    "", *table, "", f"![privacy_utility]({plot.name})", ""])
+    (out / "sweep.md").write_text(md, encoding="utf-8")
+    return {**files, "md": out / "sweep.md", "privacy_utility": plot}
