@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rdkit import Chem
@@ -106,3 +107,24 @@ def test_non_string_cells_are_omitted_like_tdc_omits_rdkit_errors() -> None:
     ours = scaffold_split(cells, [0.8, 0.1, 0.1], seed=7)
     assert tuple(a.tolist() for a in ours) == tdc_reference(cells, 7, [0.8, 0.1, 0.1])
     assert len(cells) - 2 == sum(len(a) for a in ours)
+
+
+# Hand-worked case: n = 10, fractions (0.6, 0.2, 0.2) -> train 6, valid 2, test 2, and a
+# group is "big" when it has more than 1 molecule: benzene (6) and pyridine (2) are big,
+# cyclohexane (1) and the acyclic molecule (1) are small.
+HAND = ["c1ccccc1C", "c1ccccc1CC", "c1ccccc1O", "c1ccccc1N", "c1ccccc1F", "c1ccccc1Cl",
+        "c1ccncc1C", "c1ccncc1O", "C1CCCCC1O", "CCCO"]
+BENZENE, PYRIDINE, SMALL_ONES = [0, 1, 2, 3, 4, 5], [6, 7], [8, 9]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_hand_worked_placements(seed: int) -> None:
+    train, valid, test = (a.tolist() for a in scaffold_split(HAND, (0.6, 0.2, 0.2), seed=seed))
+    big = ["benzene", "pyridine"]
+    random.Random(seed).shuffle(big)  # TDC's first shuffle decides everything here
+    if big[0] == "benzene":
+        # benzene fills train exactly, pyridine fits valid, the small groups overflow to test
+        assert (train, valid, test) == (BENZENE, PYRIDINE, SMALL_ONES)
+    else:
+        # pyridine goes to train, benzene fits neither train nor valid, small ones fill train
+        assert (train, valid, test) == (PYRIDINE + SMALL_ONES, [], BENZENE)
