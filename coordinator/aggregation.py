@@ -14,13 +14,13 @@ counting it would shrink every head update by its share.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
-from protocols.errors import AdmissionError
+from protocols.errors import AdmissionError, ConfigError
 
-__all__ = ["StreamingMean", "group_of"]
+__all__ = ["StreamingMean", "aggregate", "group_of"]
 
 
 def group_of(name: str) -> str:
@@ -38,6 +38,10 @@ class StreamingMean:
         self._acc = {k: np.zeros(s, dtype=np.float64) for k, s in shapes.items()}
         self._group = {k: group(k) for k in shapes}
         self._weights: dict[str, float] = dict.fromkeys(self._group.values(), 0.0)
+        # One float64 scratch buffer reused for every tensor: w * delta is formed
+        # in it (ufunc upcasts float32 in place), so no per-add temporaries.
+        self._scratch = np.empty(max((a.size for a in self._acc.values()), default=0),
+                                 dtype=np.float64)
         self.count = 0
 
     def add(self, delta: Mapping[str, np.ndarray], *, weight: float,
@@ -56,8 +60,9 @@ class StreamingMean:
             if w == 0.0:
                 continue
             acc = self._acc[name]
-            # In place: no temporary the size of the tensor beyond the float64 cast.
-            acc += w * value.astype(np.float64, copy=False)
+            tmp = self._scratch[:acc.size].reshape(acc.shape)
+            np.multiply(value, w, out=tmp)
+            acc += tmp
         for g, w in used.items():
             self._weights[g] += w
         self.count += 1
@@ -73,3 +78,33 @@ class StreamingMean:
     def group_weights(self) -> dict[str, float]:
         """Total weight per group."""
         return dict(self._weights)
+
+
+def aggregate(deltas: Iterable[Mapping[str, np.ndarray]], weights: Iterable[float], *,
+              weighting: str = "num-examples") -> dict[str, np.ndarray]:
+    """Weighted mean of ``deltas`` consumed one at a time (FedAvg, McMahan et al. 2017).
+
+    ``weighting="num-examples"`` uses ``weights`` (example counts);
+    ``"equal"`` gives every delta weight 1 (required under central DP, where a
+    participant's influence must be bounded by the clipping norm alone).
+    The first delta fixes the tensor set; every later one must match it.
+    """
+    if weighting not in ("num-examples", "equal"):
+        raise ConfigError("weighting", "unknown weighting", got=weighting,
+                          expected="num-examples | equal")
+    agg: StreamingMean | None = None
+    for delta, w in zip(deltas, weights, strict=True):
+        if agg is None:
+            agg = StreamingMean({k: v.shape for k, v in delta.items()}, group=_one_group)
+        agg.add(delta, weight=1.0 if weighting == "equal" else float(w))
+    if agg is None:
+        raise AdmissionError("no-updates", "nothing to aggregate", got=0,
+                             expected=">= 1 admitted delta")
+    if agg.group_weights()["all"] <= 0:
+        raise AdmissionError("zero-weight", "total weight is zero", got=0.0,
+                             expected="> 0")
+    return agg.result()
+
+
+def _one_group(name: str) -> str:
+    return "all"
