@@ -8,7 +8,9 @@ pseudo-gradient) drives the update:
 - FedAdam: ``m = β1 m + (1-β1) Δ``; ``v = β2 v + (1-β2) Δ²``; ``x += η m / (√v + τ)``
 - FedYogi: as FedAdam but ``v = v - (1-β2) Δ² sign(v - Δ²)``
 
-As in the paper (and Flower's FedAdam/FedYogi), there is no bias correction.
+As in the paper there is no bias correction and ``v`` starts at ``τ²``
+(Algorithm 2, ``v_{-1} ≥ τ²``). Flower 1.41 differs: its FedAdam applies
+Adam's bias-corrected step size and both start ``v`` at zero.
 State is plain numpy arrays, so it checkpoints exactly.
 """
 
