@@ -22,7 +22,7 @@ failure decides:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -136,3 +136,22 @@ def admit(submission: UpdateSubmission, delta: Mapping[str, np.ndarray], *,
                         detail=f"claimed ε {submission.claimed_epsilon:.3f} > declared "
                         f"{member.max_epsilon:.3f}")
     return Admitted(member=member.name, norm=norm)
+
+
+def admit_many(submissions: Iterable[tuple[UpdateSubmission, Mapping[str, np.ndarray]]], *,
+               policy: AdmissionPolicy, expected: RoundExpectations
+               ) -> dict[str, Admitted | Rejected]:
+    """Per-participant decisions, keyed by fingerprint.
+
+    A second submission from the same fingerprint in one round is rejected as
+    ``duplicate-submission`` (it would otherwise double that member's weight).
+    """
+    out: dict[str, Admitted | Rejected] = {}
+    for sub, delta in submissions:
+        fp = sub.participant_fingerprint
+        if fp in out:
+            out[fp] = Rejected(reason="duplicate-submission",
+                               detail=f"{fp} submitted more than once in round {sub.round}")
+            continue
+        out[fp] = admit(sub, delta, policy=policy, expected=expected)
+    return out

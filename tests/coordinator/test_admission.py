@@ -12,6 +12,7 @@ from coordinator.admission import (
     Rejected,
     RoundExpectations,
     admit,
+    admit_many,
 )
 from protocols.canonical import tensors_digest
 from protocols.messages import UpdateSubmission
@@ -149,3 +150,20 @@ def test_model_poisoning_by_oversized_update_is_rejected() -> None:
 def test_participant_over_declared_budget_is_rejected() -> None:
     delta = _delta()
     assert _reason(_decide(_submit(delta, claimed_epsilon=9.5), delta)) == "over-budget"
+
+
+def test_double_submission_to_double_weight_is_rejected() -> None:
+    delta = _delta()
+    sub = _submit(delta)
+    out = admit_many([(sub, delta), (sub, delta)], policy=AdmissionPolicy(max_update_norm=1.0),
+                     expected=_expect())
+    assert _reason(out[fingerprint(ALICE)]) == "duplicate-submission"
+
+
+def test_admit_many_decides_per_participant() -> None:
+    delta = _delta()
+    honest, forged = _submit(delta), _submit(delta, signer=MALLORY)
+    out = admit_many([(honest, delta), (forged, delta)],
+                     policy=AdmissionPolicy(max_update_norm=1.0), expected=_expect())
+    assert isinstance(out[fingerprint(ALICE)], Admitted)
+    assert _reason(out[fingerprint(MALLORY)]) == "not-enrolled"
