@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.aggregation import StreamingMean, group_of
+from coordinator.aggregation import StreamingMean, aggregate, group_of
 from coordinator.server_opt import ServerOptimizer
 from protocols.errors import AdmissionError
 
@@ -99,3 +99,35 @@ def test_fedyogi_and_fedavg() -> None:
     v = 1e-6 - 0.01 * 0.25 * np.sign(1e-6 - 0.25)
     assert y.apply(w, d)["x"][0] == pytest.approx(1.0 + 0.1 * 0.05 / (np.sqrt(v) + 1e-3),
                                                   rel=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 1000), st.integers(1, 8), st.permutations(range(8)))
+def test_aggregate_streams_a_generator_and_matches_np_average(seed: int, k: int,
+                                                              perm: list[int]) -> None:
+    deltas = _deltas(seed, k)
+    weights = [float(w) for w in np.random.default_rng(seed + 2).integers(1, 500, size=k)]
+    got = aggregate((d for d in deltas), iter(weights))
+    order = [i for i in perm if i < k]
+    shuffled = aggregate((deltas[i] for i in order), [weights[i] for i in order])
+    for name in SHAPES:
+        ref = np.average(np.stack([d[name].astype(np.float64) for d in deltas]), axis=0,
+                         weights=weights)
+        np.testing.assert_allclose(got[name], ref, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(shuffled[name], got[name], rtol=1e-6, atol=1e-7)
+
+
+def test_aggregate_equal_weighting_ignores_example_counts() -> None:
+    deltas = _deltas(3, 2)
+    eq = aggregate(deltas, [1.0, 1000.0], weighting="equal")
+    by_n = aggregate(deltas, [1.0, 1000.0])
+    ref = (deltas[0]["trunk.0.weight"].astype(np.float64) + deltas[1]["trunk.0.weight"]) / 2
+    np.testing.assert_allclose(eq["trunk.0.weight"], ref, rtol=1e-6)
+    assert not np.allclose(by_n["trunk.0.weight"], ref)
+
+
+def test_aggregate_refuses_nothing_and_zero_weight() -> None:
+    with pytest.raises(AdmissionError, match="no-updates"):
+        aggregate([], [])
+    with pytest.raises(AdmissionError, match="zero-weight"):
+        aggregate(_deltas(0, 2), [0.0, 0.0])
