@@ -38,10 +38,12 @@ class StreamingMean:
         self._acc = {k: np.zeros(s, dtype=np.float64) for k, s in shapes.items()}
         self._group = {k: group(k) for k in shapes}
         self._weights: dict[str, float] = dict.fromkeys(self._group.values(), 0.0)
-        # One float64 scratch buffer reused for every tensor: w * delta is formed
-        # in it (ufunc upcasts float32 in place), so no per-add temporaries.
+        # One float32 scratch buffer reused for every tensor: w * delta is formed
+        # in it and added into the float64 sum, so no per-add temporaries and half
+        # the memory traffic of a float64 product (the product's float32 rounding,
+        # 6e-8 relative, is far below the sum's; the sum itself stays float64).
         self._scratch = np.empty(max((a.size for a in self._acc.values()), default=0),
-                                 dtype=np.float64)
+                                 dtype=np.float32)
         self.count = 0
 
     def add(self, delta: Mapping[str, np.ndarray], *, weight: float,
@@ -61,8 +63,8 @@ class StreamingMean:
                 continue
             acc = self._acc[name]
             tmp = self._scratch[:acc.size].reshape(acc.shape)
-            np.multiply(value, w, out=tmp)
-            acc += tmp
+            np.multiply(value, np.float32(w), out=tmp)
+            np.add(acc, tmp, out=acc)
         for g, w in used.items():
             self._weights[g] += w
         self.count += 1
