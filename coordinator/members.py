@@ -20,7 +20,7 @@ from coordinator.admission import Member
 from protocols.errors import ConfigError
 from protocols.signing import fingerprint, load_public_key
 
-__all__ = ["MemberRecord", "load_members", "save_members"]
+__all__ = ["MemberRecord", "enroll_member", "load_members", "save_members"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,3 +70,22 @@ def save_members(path: Path, records: list[MemberRecord]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def enroll_member(path: Path, *, name: str, node_key: str, receipt_key_pem: str,
+                  max_epsilon: float = math.inf) -> MemberRecord:
+    """Add one member to ``members.json`` atomically; duplicates are refused."""
+    records: list[MemberRecord] = []
+    if path.exists():
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        records = [MemberRecord(**e) for e in raw.get("members", [])]
+    fpr = fingerprint(load_public_key(receipt_key_pem.encode()))
+    for r in records:
+        if (r.name == name or r.node_key == node_key
+                or fingerprint(load_public_key(r.receipt_key_pem.encode())) == fpr):
+            raise ConfigError("members", "member name or key already enrolled", got=name)
+    record = MemberRecord(name=name, receipt_key_pem=receipt_key_pem, node_key=node_key,
+                          max_epsilon=max_epsilon)
+    save_members(path, [*records, record])
+    load_members(path)  # re-read: what we wrote must load
+    return record

@@ -1,0 +1,1 @@
+"""Trivial stock Flower app for the deployment tests and the overhead benchmark."""
