@@ -17,7 +17,8 @@ def _scaffolds(smiles: pd.Series) -> set[str]:
     out = set()
     for s in smiles:
         mol = Chem.MolFromSmiles(s)
-        out.add(MurckoScaffold.MurckoScaffoldSmiles(mol=mol, includeChirality=False))
+        out.add(str(MurckoScaffold.MurckoScaffoldSmiles(  # type: ignore[no-untyped-call]
+            mol=mol, includeChirality=False)))
     return out
 
 
@@ -46,6 +47,6 @@ def test_tiny_partners_are_deterministic_and_scaffold_disjoint(tmp_path: Path) -
             assert (len(tr), len(te)) == p.counts[e] and len(tr) > 0 and len(te) > 0
             assert not _scaffolds(tr["smiles"]) & _scaffolds(te["smiles"]), (p.index, e)
     # every molecule of an endpoint went to exactly one partner (train or test)
-    for e in scenario.endpoints:
-        total = sum(sum(p.counts.get(e.name, (0, 0))) for p in a)
-        assert total == e.max_molecules
+    for source in scenario.endpoints:
+        total = sum(int(sum(p.counts.get(source.name, (0, 0)))) for p in a)
+        assert total == source.max_molecules
