@@ -16,7 +16,7 @@ def _ckpt(round: int) -> Checkpoint:
     return Checkpoint(round=round, weights={"trunk.0.weight": rng.normal(size=(3, 2)).astype(
         np.float32)}, optimizer={"steps": round, "m": {"trunk.0.weight": np.ones((3, 2))},
                                  "v": {"trunk.0.weight": np.full((3, 2), 2.0)}},
-        rng_state=rng.bit_generator.state, receipt_hash="ab" * 32,
+        rng_state=dict(rng.bit_generator.state), receipt_hash="ab" * 32,
         receipt_bytes=b'{"round":%d}' % round, config_digest="cd" * 32,
         extra={"nodes": {"7": "sha256:" + "0" * 64}})
 
