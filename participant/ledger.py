@@ -70,8 +70,13 @@ def epsilon_for(history: list[tuple[float, float, int]], *, delta: float,
         return 0.0
     if any(s == 0 for s, _, _ in releases):
         return math.inf
+    # RDP is additive in steps, so equal mechanisms merge exactly; this keeps the
+    # cost of ε per commit flat however many rounds the ledger holds.
+    merged: dict[tuple[float, float], int] = {}
+    for s, q, n in releases:
+        merged[(float(s), float(q))] = merged.get((float(s), float(q)), 0) + int(n)
     acct = RDPAccountant() if accountant == "rdp" else PRVAccountant()
-    acct.history = [(float(s), float(q), int(n)) for s, q, n in releases]
+    acct.history = [(s, q, n) for (s, q), n in merged.items()]
     return float(acct.get_epsilon(delta=delta))
 
 

@@ -25,7 +25,7 @@ last = max((e.round for e in ledger.entries()), default=0)
 if last:  # a restarted daemon retries its last round first: must not count twice
     ledger.commit(federation_id="f", round=last, noise_multiplier=1.2, sample_rate=0.05, steps=20)
 print("ready", flush=True)
-for r in range(last + 1, 10_000):
+for r in range(last + 1, last + 400):
     ledger.commit(federation_id="f", round=r, noise_multiplier=1.2, sample_rate=0.05, steps=20)
 """
 
@@ -48,7 +48,7 @@ def test_sigkill_at_random_points_keeps_the_ledger_exact(tmp_path: Path) -> None
     rng = random.Random(7)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     committed = 0
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240
     for _ in range(4):
         proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
