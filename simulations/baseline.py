@@ -17,6 +17,7 @@ Protocol (Huang et al. 2021, TDC ADMET Benchmark Group), re-created offline:
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,7 @@ from chem.splits import scaffold_split
 from chem.training import Split, fit
 from simulations.datasets import dataset, load_dataset
 
-__all__ = ["BaselineConfig", "BaselineResult", "parse_seeds", "run_baseline"]
+__all__ = ["BaselineConfig", "BaselineResult", "parse_seeds", "protocol_split", "run_baseline"]
 
 TEST_SEED = 42
 
@@ -90,6 +91,18 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def protocol_split(smiles: Sequence[str], *, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TDC ADMET-group split: fixed test (scaffold, seed 42, 0.8/0/0.2), then train/valid
+    (scaffold, ``seed``, 0.875/0.125) of the rest. Returns indices into ``smiles``."""
+    trval, _, test = scaffold_split(list(smiles), (0.8, 0.0, 0.2), seed=TEST_SEED)
+    trval = np.asarray(trval)
+    tr_local, va_local, _ = scaffold_split([smiles[i] for i in trval], (0.875, 0.125, 0.0),
+                                           seed=seed)
+    return trval[np.asarray(tr_local, dtype=np.intp)], trval[np.asarray(va_local, dtype=np.intp)], \
+        np.asarray(test)
+
+
 def run_baseline(name: str, *, seeds: Sequence[int], config: BaselineConfig = BaselineConfig(),
                  cache_dir: Path | None = None, max_molecules: int | None = None,
                  progress: Callable[[int, float], None] | None = None) -> BaselineResult:
@@ -107,13 +120,10 @@ def run_baseline(name: str, *, seeds: Sequence[int], config: BaselineConfig = Ba
         y, mask = y[keep], mask[keep]
     spec = get_spec(config.featurizer)
     x = featurize(smiles, spec, cache_dir=cache_dir)
-    trval, _, test = scaffold_split(smiles, (0.8, 0.0, 0.2), seed=TEST_SEED)
-    trval_smiles = [smiles[i] for i in trval]
     scores: list[float] = []
     model_digest = ""
     for k, seed in enumerate(seeds):
-        tr_local, va_local, _ = scaffold_split(trval_smiles, (0.875, 0.125, 0.0), seed=seed)
-        tr, va = trval[tr_local], trval[va_local]
+        tr, va, test = protocol_split(smiles, seed=seed)
         offset, scale = 0.0, 1.0
         if ds.task == "regression":
             offset, scale = float(y[tr, 0].mean()), float(y[tr, 0].std() or 1.0)
@@ -136,7 +146,7 @@ def run_baseline(name: str, *, seeds: Sequence[int], config: BaselineConfig = Ba
         dataset=name, metric=ds.metric, seeds=list(seeds), per_seed=scores,
         mean=round(float(np.mean(scores)), 3), std=round(float(np.std(scores)), 3),
         config=asdict(config), featurization_spec_digest=spec.digest(),
-        model_spec_digest=model_digest, n_train_valid=len(trval), n_test=len(test),
+        model_spec_digest=model_digest, n_train_valid=len(tr) + len(va), n_test=len(test),
         seconds=time.perf_counter() - t0,
     )
 
@@ -145,5 +155,10 @@ def write_result(result: BaselineResult, out_dir: Path) -> Path:
     """Write ``baseline-<dataset>.json`` into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"baseline-{result.dataset}.json"
-    path.write_text(json.dumps(asdict(result), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(asdict(result), indent=2, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
     return path

@@ -37,3 +37,21 @@ def test_cli_writes_json(tmp_path: Path) -> None:
     assert out.exit_code == 0, out.output
     data = json.loads((tmp_path / "o" / "baseline-hydration_freesolv.json").read_text())
     assert data["metric"] == "mae" and math.isfinite(data["mean"])
+
+
+def test_protocol_split_uses_seed_42_for_a_fixed_test_set() -> None:
+    from chem.splits import scaffold_split
+    from simulations.baseline import TEST_SEED, protocol_split
+    from simulations.datasets import load_dataset
+
+    smiles = list(load_dataset("hydration_freesolv").smiles)
+    assert TEST_SEED == 42
+    _, _, expected_test = scaffold_split(smiles, (0.8, 0.0, 0.2), seed=42)
+    tests = []
+    for seed in (1, 2):
+        tr, va, te = protocol_split(smiles, seed=seed)
+        assert sorted(te.tolist()) == sorted(expected_test)
+        assert not (set(tr.tolist()) | set(va.tolist())) & set(te.tolist())
+        assert len(tr) + len(va) + len(te) == len(smiles)
+        tests.append(va.tolist())
+    assert tests[0] != tests[1]  # train/valid depends on the seed, the test set does not
