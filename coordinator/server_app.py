@@ -16,10 +16,12 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from chem.featurizers import feature_dim, get_spec
+from chem.mlflow_model import save_predictor_files
 from chem.models import EndpointSpec, ModelSpec, build_model, get_weights
 from coordinator.config import FederationConfig
 from coordinator.federation import Federation, RoundSummary, Weights, write_final
 from coordinator.members import load_members
+from coordinator.tracking import MlflowTracker
 from protocols.errors import ConfigError
 from protocols.signing import load_private_key
 
@@ -49,13 +51,27 @@ def run_federation(cfg: FederationConfig, grid: Grid, *,
     mspec = model_spec_for(cfg)
     initial = get_weights(build_model(mspec, seed=cfg.model.init_seed))
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    # Tracking wraps the loop through its round callback; it never changes what is aggregated.
+    tracker = MlflowTracker.for_federation(
+        cfg, package_model=lambda d, w: save_predictor_files(d, w, mspec, fspec))
+
+    def after_round(summary: RoundSummary, weights: Weights) -> None:
+        tracker.log_round(summary, weights)
+        if on_round is not None:
+            on_round(summary, weights)
+
     federation = Federation(
         cfg, grid=grid, signing_key=load_private_key(cfg.signing_key.read_bytes()),
         members=load_members(cfg.members_file), initial_weights=initial,
         model_spec=mspec.to_dict(), model_spec_digest=mspec.digest(),
         featurization_spec=fspec.to_dict(), featurization_spec_digest=fspec.digest(),
-        on_round=on_round)
-    federation.run()
+        on_round=after_round)
+    try:
+        federation.run()
+    except BaseException:
+        tracker.close(status="FAILED")
+        raise
+    tracker.close()
     write_final(cfg.state_dir / "global_model.npz", federation.weights)
     log.info("federation %s finished after round %d", cfg.federation_id, cfg.rounds)
 
