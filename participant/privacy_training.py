@@ -1,0 +1,54 @@
+"""One DP training round at a site: Poisson sampling, per-sample clipping, noise.
+
+A thin shell over ``participant.dp_sgd.dp_train`` (Abadi et al. 2016). The
+caller commits the round's spend to the ledger (noise_multiplier,
+sample_rate, steps returned here) BEFORE any update leaves the process.
+Only aggregates are returned, never per-example values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from typing import Literal
+
+import torch
+from torch import nn
+
+from participant.dp_sgd import DPTrainingResult, dp_train
+from protocols.errors import ConfigError
+
+__all__ = ["train_dp_round"]
+
+# (pred, y, mask) -> per-sample losses, shape (B,)
+PerSampleLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def train_dp_round(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor, torch.Tensor], *,
+                   loss_fn: PerSampleLoss, max_grad_norm: float, noise_multiplier: float,
+                   sample_rate: float, local_epochs: int, lr: float,
+                   optimizer: Literal["sgd", "adam"] = "sgd", seed: int | None = None,
+                   trainable: Collection[str] | None = None,
+                   secure_mode: bool = False) -> DPTrainingResult:
+    """Train ``model`` in place for ``local_epochs`` epochs of ``int(1/q)`` steps."""
+    x, y, mask = data
+    n = int(x.shape[0])
+    if n == 0 or local_epochs < 1:
+        raise ConfigError("data/local_epochs", "need examples and at least one epoch",
+                          got=(n, local_epochs))
+    names = dict(model.named_parameters())
+    chosen = set(names) if trainable is None else set(trainable)
+    unknown = chosen - set(names)
+    if unknown:
+        raise ConfigError("trainable", "unknown parameter names", got=sorted(unknown),
+                          expected=sorted(names))
+    for name, p in names.items():
+        p.requires_grad_(name in chosen)
+    params = [names[k] for k in sorted(chosen)]
+    opt: torch.optim.Optimizer = (torch.optim.SGD(params, lr=lr) if optimizer == "sgd"
+                                  else torch.optim.Adam(params, lr=lr))
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    steps = max(1, int(1 / sample_rate)) * local_epochs
+    return dp_train(model, n, lambda pred, idx: loss_fn(pred, y[idx], mask[idx]),
+                    lambda idx: x[idx], noise_multiplier=noise_multiplier,
+                    max_grad_norm=max_grad_norm, sample_rate=sample_rate, steps=steps,
+                    optimizer=opt, generator=gen, secure_mode=secure_mode)
