@@ -47,7 +47,7 @@ def plain_epoch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mask: 
     for i in range(0, len(x), batch):
         idx = perm[i:i + batch]
         opt.zero_grad()
-        masked_loss(model(x[idx]), y[idx], mask[idx], spec).backward()
+        masked_loss(model(x[idx]), y[idx], mask[idx], spec).backward()  # type: ignore[no-untyped-call]
         opt.step()
     return time.perf_counter() - t
 

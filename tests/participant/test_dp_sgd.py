@@ -43,7 +43,7 @@ def test_clipped_sum_matches_opacus_per_sample_gradients(
                        max_grad_norm=clip)
 
     reference = GradSampleModule(build_model(spec, seed=seed).double(), loss_reduction="sum")
-    masked_loss(reference(x), y, mask, spec, reduction="none").sum().backward()
+    masked_loss(reference(x), y, mask, spec, reduction="none").sum().backward()  # type: ignore[no-untyped-call]
     samples = {name.removeprefix("_module."): p.grad_sample
                for name, p in reference.named_parameters()}
     norms = torch.stack([g.reshape(n, -1).norm(dim=1) for g in samples.values()], 1).norm(dim=1)
@@ -74,15 +74,16 @@ def test_model_with_non_linear_parameters_is_refused() -> None:
 
 def test_noise_has_the_calibrated_standard_deviation() -> None:
     # Zero data gradient: the update is pure noise of std sigma * C / expected batch.
-    model = nn.Sequential(nn.Linear(50, 40, bias=False))
-    nn.init.zeros_(model[0].weight)
+    layer = nn.Linear(50, 40, bias=False)
+    model = nn.Sequential(layer)
+    nn.init.zeros_(layer.weight)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     n, q, sigma, clip = 1000, 0.1, 1.3, 0.7
     dp_train(model, n, lambda pred, idx: pred.sum(dim=1) * 0.0,
              lambda idx: torch.zeros(len(idx), 50),
              noise_multiplier=sigma, max_grad_norm=clip, sample_rate=q, steps=1,
              optimizer=opt, generator=torch.Generator().manual_seed(0))
-    observed = model[0].weight.detach().std().item()
+    observed = layer.weight.detach().std().item()
     expected = sigma * clip / (q * n)
     assert abs(observed - expected) / expected < 0.05
 

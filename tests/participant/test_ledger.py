@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +13,7 @@ from participant.calibration import calibrate
 from participant.ledger import PrivacyLedger, epsilon_for
 from protocols.errors import CheckpointError, PrivacyBudgetExceeded
 
-MECH = {"noise_multiplier": 1.1, "sample_rate": 0.02, "steps": 50}
+MECH: dict[str, Any] = {"noise_multiplier": 1.1, "sample_rate": 0.02, "steps": 50}
 
 
 def _open(tmp_path: Path, max_epsilon: float = 10.0) -> PrivacyLedger:
