@@ -127,6 +127,16 @@ class PrivacyLedger:
         """All releases, oldest first."""
         return list(self._entries)
 
+    def rounds(self) -> list[dict[str, Any]]:
+        """One JSON-ready row per committed round, oldest first (for the budget CLI)."""
+        return [asdict(e) for e in self._entries]
+
+    def summary(self) -> dict[str, Any]:
+        """Budget overview: spent ε, remaining, δ, accountant, number of rounds."""
+        return {"epsilon": self.epsilon(), "max_epsilon": self.max_epsilon,
+                "remaining": self.remaining(), "delta": self.delta,
+                "accountant": self.accountant, "rounds": len(self._entries)}
+
     def history(self) -> list[tuple[float, float, int]]:
         """Accountant history: (noise_multiplier, sample_rate, steps) per release."""
         return [(e.noise_multiplier, e.sample_rate, e.steps) for e in self._entries]

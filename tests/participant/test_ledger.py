@@ -96,3 +96,14 @@ def test_calibration_respects_past_spend() -> None:
     with pytest.raises(PrivacyBudgetExceeded):
         calibrate(n_examples=2000, batch_size=64, rounds=3, local_epochs=1, target_epsilon=8,
                   delta=1e-5, max_epsilon=0.5, history=history)
+
+
+def test_rounds_and_summary_report_the_committed_spend(tmp_path: Path) -> None:
+    ledger = PrivacyLedger.open(tmp_path, max_epsilon=50.0, delta=1e-5)
+    ledger.commit(federation_id="f", round=1, **MECH)
+    ledger.commit(federation_id="f", round=2, **MECH)
+    assert [r["round"] for r in ledger.rounds()] == [1, 2]
+    summary = ledger.summary()
+    assert summary["rounds"] == 2
+    assert summary["epsilon"] == ledger.rounds()[-1]["epsilon_after"]
+    assert summary["remaining"] == 50.0 - summary["epsilon"]
