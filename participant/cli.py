@@ -68,7 +68,7 @@ def start(config: Path = typer.Option(Path("participant.toml"), "--config"),
     plan = SuperNodePlan(superlink=str(raw["coordinator"]),
                          root_certificates=Path(str(raw["root-certificate"])),
                          node_key=Path(str(raw["node-key"])), port=int(raw["local-port"]),
-                         node_config={"participant-config": str(config.resolve()),
+                         node_config={"config": str(config.resolve()),
                                       "state-dir": str(state)})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     raise typer.Exit(run_with_restarts(plan, log_path=state / "supernode.log",
