@@ -14,10 +14,10 @@ tracking URI, no active run), so two federations in one process cannot mix.
 - The final global model (and every ``register_every`` rounds) is logged as a
   pyfunc model that predicts from SMILES and registered under the
   federation's name, with version tags ``fedadmet.round``,
-  ``fedadmet.receipt_hash`` and ``fedadmet.model_digest``. Building that
-  model needs the chemistry layer, which the coordinator does not import:
-  the caller passes a ``package_model`` callable
-  (``chem.mlflow_model.save_predictor_files`` bound to the specs).
+  ``fedadmet.receipt_hash`` and ``fedadmet.model_digest``. The caller passes
+  a ``package_model`` callable (``chem.mlflow_model.save_predictor_files``
+  bound to the specs); logging reuses ``chem.mlflow_model.log_predictor``, the
+  one place that knows how to log a SMILES predictor through an explicit client.
 
 The embedded default is SQLite in the state directory with artifacts under
 ``<state>/mlartifacts``; ``tracking-uri`` may name an MLflow server. Telemetry
@@ -38,14 +38,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import mlflow
 import numpy as np
-from mlflow.entities import LoggedModelOutput, Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.telemetry import set_telemetry_client
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
 
+from chem.mlflow_model import PredictorFiles, log_predictor
 from coordinator.receipt_log import ReceiptLog
 from protocols.errors import TrackingError
 
@@ -58,11 +58,9 @@ __all__ = [
     "MlflowTracker",
     "ModelPackager",
     "NullTracker",
-    "PyfuncPackage",
     "Tracker",
     "check_tracking_uri",
     "flatten_params",
-    "log_pyfunc",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,22 +77,7 @@ set_telemetry_client()  # type: ignore[no-untyped-call]
 Weights = Mapping[str, np.ndarray]
 
 
-class PyfuncPackage(Protocol):
-    """What ``mlflow.pyfunc.save_model`` needs (``chem.mlflow_model.PredictorFiles`` is one)."""
-
-    @property
-    def python_model(self) -> Any: ...
-    @property
-    def artifacts(self) -> dict[str, str]: ...
-    @property
-    def signature(self) -> Any: ...
-    @property
-    def input_example(self) -> Any: ...
-    @property
-    def pip_requirements(self) -> list[str]: ...
-
-
-ModelPackager = Callable[[Path, Weights], PyfuncPackage]
+ModelPackager = Callable[[Path, Weights], PredictorFiles]
 
 
 class Tracker(Protocol):
@@ -183,41 +166,6 @@ def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
             text = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
             out[name[:MAX_ENTITY_KEY_LENGTH]] = text[:MAX_PARAM_VAL_LENGTH]
     return out
-
-
-def log_pyfunc(client: MlflowClient, package: PyfuncPackage, *, experiment_id: str, run_id: str,
-               name: str, step: int, registered_model_name: str | None = None,
-               version_tags: Mapping[str, str] | None = None) -> tuple[str, str | None]:
-    """Log a pyfunc model to ``run_id`` through ``client``; returns (model URI, version).
-
-    Mirrors what ``mlflow.pyfunc.log_model`` does (logged model, artifacts,
-    run output, registration) without the fluent API's global state.
-    """
-    model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id)
-    with tempfile.TemporaryDirectory(prefix="fedadmet-pyfunc-") as tmp:
-        local = Path(tmp) / "model"
-        mlflow.pyfunc.save_model(
-            str(local), python_model=package.python_model, artifacts=package.artifacts,
-            signature=package.signature, input_example=package.input_example,
-            pip_requirements=package.pip_requirements,
-            mlflow_model=mlflow.models.Model(artifact_path=model.artifact_location,
-                                             run_id=run_id, model_id=model.model_id))
-        client.log_model_artifacts(model.model_id, str(local))
-    client.finalize_logged_model(model.model_id, "READY")
-    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step)])
-    uri = f"models:/{model.model_id}"
-    if registered_model_name is None:
-        return uri, None
-    try:
-        client.get_registered_model(registered_model_name)
-    except MlflowException:
-        client.create_registered_model(registered_model_name)
-    # The artifact location, not models:/: MLflow resolves that against the global URI.
-    version = client.create_model_version(registered_model_name,
-                                          source=str(model.artifact_location), run_id=run_id,
-                                          tags=dict(version_tags or {}),
-                                          model_id=model.model_id)
-    return uri, str(version.version)
 
 
 class MlflowTracker:
@@ -324,8 +272,8 @@ class MlflowTracker:
         with _mlflow_errors(f"registering the round-{r} model", self.uri), \
                 tempfile.TemporaryDirectory(prefix="fedadmet-model-") as tmp:
             package = self.package_model(Path(tmp), weights)
-            _, version = log_pyfunc(
-                self.client, package, experiment_id=self.experiment_id, run_id=self.run_id,
+            _, version = log_predictor(
+                self.client, package, run_id=self.run_id,
                 name=f"global-round-{r:06d}", step=r,
                 registered_model_name=self.registered_model_name,
                 version_tags={"fedadmet.round": str(r), "fedadmet.receipt_hash": receipt_hash,
