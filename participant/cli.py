@@ -6,6 +6,7 @@ import logging
 import os
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 import typer
 
@@ -73,3 +74,39 @@ def start(config: Path = typer.Option(Path("participant.toml"), "--config"),
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     raise typer.Exit(run_with_restarts(plan, log_path=state / "supernode.log",
                                        max_restarts=max_restarts))
+
+
+@app.command()
+def budget(config: Path = typer.Option(Path("participant.toml"), "--config",
+                                       help="The site's participant.toml."),
+           as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")
+           ) -> None:
+    """Privacy spend per round, cumulative ε, and what remains of the budget."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from participant.config import ParticipantConfig
+    from participant.ledger import PrivacyLedger
+
+    cfg = ParticipantConfig.load(config)
+    path = cfg.state_dir / "privacy_ledger.json"
+    stored = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    accountant: Literal["rdp", "prv"] = "prv" if stored.get("accountant") == "prv" else "rdp"
+    ledger = PrivacyLedger.open(cfg.state_dir, max_epsilon=cfg.max_epsilon, delta=cfg.delta,
+                                accountant=accountant)
+    if as_json:
+        typer.echo(json.dumps({"summary": ledger.summary(), "rounds": ledger.rounds()},
+                              indent=2, default=str))
+        return
+    table = Table(title=f"privacy ledger of {cfg.name} (δ = {cfg.delta:g}, {accountant})")
+    for col in ("federation", "round", "noise_multiplier", "sample_rate", "steps", "ε after"):
+        table.add_column(col)
+    for e in ledger.entries():
+        table.add_row(e.federation_id, str(e.round), f"{e.noise_multiplier:.4f}",
+                      f"{e.sample_rate:.4f}", str(e.steps), f"{e.epsilon_after:.3f}")
+    console = Console()
+    console.print(table)
+    console.print(f"spent ε = {ledger.epsilon():.3f} of {cfg.max_epsilon:g}; "
+                  f"remaining {ledger.remaining():.3f}")
