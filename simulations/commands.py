@@ -1,8 +1,9 @@
-"""Top-level research commands: ``fedadmet baseline`` (and, later, ``simulate``)."""
+"""Top-level research commands: ``fedadmet baseline`` and ``fedadmet simulate``."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -104,20 +105,26 @@ def simulate(
 ) -> None:
     """Run a scenario: the production apps in Flower's simulation engine, plus the report."""
     from simulations.baseline import parse_seeds
-    from simulations.report import write_report
+    from simulations.report import write_report, write_sweep_report
     from simulations.runner import run_scenario
     from simulations.scenario import load_scenario
 
     sc = load_scenario(scenario).with_overrides(
         rounds=rounds, partners=partners, epsilon=epsilon,
+        # an explicit --epsilon replaces a dp-sweep's list
+        epsilon_sweep=() if epsilon is not None else None,
         seeds=tuple(parse_seeds(seeds)) if seeds else None)
     out = output or Path("runs") / sc.name
     console = Console()
+    runs = sc.sweep()
+    eps_text = (", ".join(r.private_label for r in runs) if len(runs) > 1 else
+                sc.private_label)
     console.print(f"[bold]{sc.name}[/bold]: {sc.partners} partners, {sc.rounds} rounds, "
-                  f"ε={sc.epsilon}, seeds {list(sc.seeds)} -> {out}")
+                  f"{eps_text}, seeds {list(sc.seeds)} -> {out}")
+    results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[last]}"),
                   TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("rounds", total=sc.rounds * len(sc.seeds), last="")
+        task = bar.add_task("rounds", total=sc.rounds * len(sc.seeds) * len(runs), last="")
 
         def on_round(summary: object) -> None:
             ev = getattr(summary, "evaluate", {})
@@ -125,13 +132,27 @@ def simulate(
                        f"accepted {getattr(summary, 'accepted', '?')} " + " ".join(
                            f"{k}={v:.3f}" for k, v in sorted(ev.items()) if k != "loss"))
 
-        results = run_scenario(sc, out, cache=cache_dir, progress=on_round)
-    files = write_report(results, out)
+        for run in runs:
+            target = out / _eps_dir(run.epsilon) if len(runs) > 1 else out
+            bar.update(task, description=f"rounds ({run.private_label})")
+            results.append(run_scenario(run, target, cache=cache_dir, progress=on_round))
+    if len(runs) > 1:
+        files = write_sweep_report(results, out)
+        console.print((out / "sweep.md").read_text(encoding="utf-8"))
+        console.print(f"[green]dp-sweep[/green]: {out / 'sweep.md'}, "
+                      f"{out / 'privacy_utility.png'}; one report per ε under {out}/eps-*")
+        return
+    files = write_report(results[0], out)
     console.print((out / "report.md").read_text(encoding="utf-8"))
     console.print(f"[green]report[/green]: {files['md']} and {files['html']}; receipts verify "
-                  f"with `fedadmet audit verify {results['seeds'][0]['receipts_dir']} "
+                  f"with `fedadmet audit verify {results[0]['seeds'][0]['receipts_dir']} "
                   f"--coordinator-key {out / f'seed-{sc.seeds[0]}' / 'coordinator' / 'keys'}"
                   "/receipt-signing.pub`")
+
+
+def _eps_dir(epsilon: float) -> str:
+    """``eps-8``, ``eps-inf``: the same names write_sweep_report uses."""
+    return "eps-inf" if math.isinf(epsilon) else f"eps-{epsilon:g}"
 
 
 def register(app: typer.Typer) -> None:

@@ -12,8 +12,10 @@ Four arms per partner and endpoint:
 
 Figure of merit: the share of the local-only-to-pooled gap the federation
 closes, ``(m_fed - m_local) / (m_pooled - m_local)``, which is sign-correct for
-both lower-is-better (MAE) and higher-is-better (AUROC) metrics. It is NaN when
-the gap is too small to divide by.
+both lower-is-better (MAE) and higher-is-better (AUROC) metrics. It is NaN
+(undefined, and reported as such) when pooling does not beat local-only by at
+least ``min_gap`` in the metric's own direction: on small test sets the
+denominator is then metric noise, and the ratio means nothing.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from chem.splits import scaffold_split
 from chem.tables import load_table
 from chem.training import Split, fit
 
-__all__ = ["ArmResult", "compare_partners", "gap_closed"]
+__all__ = ["MIN_GAP", "ArmResult", "compare_partners", "gap_closed"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,10 +49,20 @@ class ArmResult:
     n_test: int
 
 
-def gap_closed(local: float, fed: float, pooled: float) -> float:
-    """Share of the local-to-pooled gap closed by ``fed`` (NaN if the gap is ~0)."""
+MIN_GAP = 0.01  # metric units (MAE in log units, AUROC): below this the gap is noise
+
+
+def gap_closed(local: float, fed: float, pooled: float, *,
+               higher_is_better: bool | None = None, min_gap: float = 1e-6) -> float:
+    """Share of the local-to-pooled gap closed by ``fed``.
+
+    NaN when the gap is smaller than ``min_gap`` or, if the metric's direction
+    is given, when pooled is not better than local-only.
+    """
     gap = pooled - local
-    if not math.isfinite(gap) or abs(gap) < 1e-6:
+    if not math.isfinite(gap) or abs(gap) < min_gap:
+        return math.nan
+    if higher_is_better is not None and (gap > 0) != higher_is_better:
         return math.nan
     return (fed - local) / gap
 

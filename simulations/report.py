@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from chem.metrics import HIGHER_IS_BETTER
-from simulations.comparisons import gap_closed
+from simulations.comparisons import MIN_GAP, gap_closed
 
 __all__ = ["ARMS", "summarise", "write_report", "write_sweep_report"]
 
@@ -67,18 +67,23 @@ def summarise(results: dict[str, Any]) -> list[dict[str, Any]]:
         for row in seed_run["comparisons"]:
             cells[(row["partner"], row["endpoint"], row["metric"])][row["arm"]].append(
                 row["value"])
+    private = {e["name"] for e in results["scenario"].get("endpoints", [])
+               if isinstance(e, dict) and e.get("private_to") is not None}
     out = []
     for (partner, endpoint, metric), arms in sorted(cells.items()):
-        gaps = [gap_closed(lo, ft, po) for lo, ft, po in zip(
-            arms["local-only"], arms["federated+finetune"], arms["pooled"], strict=False)]
         better = HIGHER_IS_BETTER[metric]
+        gaps = [gap_closed(lo, ft, po, higher_is_better=better, min_gap=MIN_GAP)
+                for lo, ft, po in zip(arms["local-only"], arms["federated+finetune"],
+                                      arms["pooled"], strict=False)]
         beats = [((ft > lo) if better else (ft < lo)) for lo, ft in zip(
             arms["local-only"], arms["federated+finetune"], strict=False)]
-        fed_gaps = [gap_closed(lo, fe, po) for lo, fe, po in zip(
-            arms["local-only"], arms["federated"], arms["pooled"], strict=False)]
+        fed_gaps = [gap_closed(lo, fe, po, higher_is_better=better, min_gap=MIN_GAP)
+                    for lo, fe, po in zip(arms["local-only"], arms["federated"],
+                                          arms["pooled"], strict=False)]
         fed_beats = [((fe > lo) if better else (fe < lo)) for lo, fe in zip(
             arms["local-only"], arms["federated"], strict=False)]
         out.append({"partner": partner, "endpoint": endpoint, "metric": metric,
+                    "private": endpoint in private,
                     "arms": {a: arms.get(a, []) for a in ARMS},
                     "gap_closed": gaps, "gap_closed_federated": fed_gaps,
                     "gap_too_small": any(math.isnan(g) for g in gaps),
@@ -164,8 +169,16 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     rows = summarise(results)
     results = {**results, "summary": rows}
-    gaps = [g for r in rows for g in r["gap_closed"] if math.isfinite(g)]
+    # The figure of merit is over consortium endpoints: a private endpoint's "pooled"
+    # arm is its one holder's data, so there is no gap to close.
+    gaps = [float(np.mean(fin)) for r in rows if not r["private"]
+            if (fin := [g for g in r["gap_closed"] if math.isfinite(g)])]
     results["mean_gap_closed"] = float(np.mean(gaps)) if gaps else math.nan
+    results["median_gap_closed"] = float(np.median(gaps)) if gaps else math.nan
+    consortium = [r for r in rows if not r["private"]]
+    results["finetune_beats_local"] = {
+        "cells": len(consortium),
+        "wins": sum(r["finetune_beats_local_all_seeds"] for r in consortium)}
     (out / "results.json").write_text(
         json.dumps(_strict_json(results), indent=2, default=str, allow_nan=False) + "\n",
         encoding="utf-8")
@@ -189,8 +202,12 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
     losers = [r for r in rows if not r["finetune_beats_local_all_seeds"]]
     fed_losers = [r for r in rows if not r["federated_beats_local_all_seeds"]]
     flat = [r for r in rows if r["gap_too_small"]]
-    lines += ["", f"Mean share of the local-to-pooled gap closed by federated + fine-tune: "
-              f"**{results['mean_gap_closed']:.2f}**.", ""]
+    wins = results["finetune_beats_local"]
+    lines += ["", "Mean share of the local-to-pooled gap closed by federated + fine-tune, over "
+              "consortium endpoints where pooling beats local-only by at least "
+              f"{MIN_GAP}: **{results['mean_gap_closed']:.2f}** (median "
+              f"{results['median_gap_closed']:.2f}). Federated + fine-tune beat local-only in "
+              f"{wins['wins']} of {wins['cells']} consortium cells in every seed.", ""]
     if losers:
         lines.append("Federated + fine-tune did **not** beat local-only in every seed for: "
                      + ", ".join(f"partner {r['partner']} {r['endpoint']}" for r in losers) + ".")
@@ -202,8 +219,8 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
                      "every seed for: " + ", ".join(
                          f"partner {r['partner']} {r['endpoint']}" for r in fed_losers) + ".")
     if flat:
-        lines.append("Gap closed is n/a (local-only and pooled within 1e-6, so the share is "
-                     "undefined) for: " + ", ".join(
+        lines.append(f"Gap closed is n/a (pooled does not beat local-only by {MIN_GAP} in "
+                     "some seed, so the share is undefined there) for: " + ", ".join(
                          f"partner {r['partner']} {r['endpoint']}" for r in flat) + ".")
     lines += ["", "Privacy spent per partner (final claimed cumulative ε, from the receipts):", ""]
     for seed_run in results["seeds"]:
@@ -252,6 +269,7 @@ def write_sweep_report(runs: list[dict[str, Any]], out: Path) -> dict[str, Path]
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     points: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    tuned: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     refs: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in sorted(runs, key=lambda r: _eps_value(r["scenario"]["epsilon"])):
         eps = _eps_value(run["scenario"]["epsilon"])
@@ -263,6 +281,9 @@ def write_sweep_report(runs: list[dict[str, Any]], out: Path) -> dict[str, Path]
             fed = [v for v in row["arms"]["federated"] if math.isfinite(v)]
             if fed:
                 points[key].append((eps, float(np.mean(fed))))
+            ft = [v for v in row["arms"]["federated+finetune"] if math.isfinite(v)]
+            if ft:
+                tuned[key].append((eps, float(np.mean(ft))))
             for arm in ("local-only", "pooled"):
                 refs[key][arm] += [v for v in row["arms"][arm] if math.isfinite(v)]
     curves = {k: sorted({e: [m for e2, m in v if e2 == e] for e, _ in v}.items())
@@ -271,12 +292,17 @@ def write_sweep_report(runs: list[dict[str, Any]], out: Path) -> dict[str, Path]
     inf_x = (max(finite) * 2 if finite else 1.0)
     fig, axes = plt.subplots(1, max(1, len(curves)), figsize=(4 * max(1, len(curves)), 3.2),
                              squeeze=False)
-    table = ["| endpoint | metric | ε | federated (mean over partners) | local-only | pooled |",
-             "|---|---|---|---|---|---|"]
+    table = ["| endpoint | metric | ε | federated (mean over partners) | federated + fine-tune "
+             "| local-only | pooled |", "|---|---|---|---|---|---|---|"]
     for ax, ((endpoint, metric), series) in zip(axes[0], sorted(curves.items()), strict=False):
         xs = [inf_x if math.isinf(e) else e for e, _ in series]
         ys = [float(np.mean(ms)) for _, ms in series]
         ax.plot(xs, ys, marker="o", label="federated")
+        ft_by_eps = {e: float(np.mean([m for e2, m in tuned[(endpoint, metric)] if e2 == e]))
+                     for e, _ in series if any(e2 == e for e2, _ in tuned[(endpoint, metric)])}
+        if ft_by_eps:
+            ax.plot([inf_x if math.isinf(e) else e for e in ft_by_eps], list(ft_by_eps.values()),
+                    marker="s", label="federated + fine-tune")
         ref = refs[(endpoint, metric)]
         for arm, style in (("local-only", ":"), ("pooled", "--")):
             if ref[arm]:
@@ -289,14 +315,16 @@ def write_sweep_report(runs: list[dict[str, Any]], out: Path) -> dict[str, Path]
         ax.legend(fontsize=7)
         for (e, _), y in zip(series, ys, strict=True):
             shown = "inf" if math.isinf(e) else f"{e:g}"
-            table.append(f"| {endpoint} | {metric.upper()} | {shown} "
-                         f"| {y:.3f} | {_fmt(ref['local-only'])} | {_fmt(ref['pooled'])} |")
+            ft_text = f"{ft_by_eps[e]:.3f}" if e in ft_by_eps else "n/a"
+            table.append(f"| {endpoint} | {metric.upper()} | {shown} | {y:.3f} | {ft_text} "
+                         f"| {_fmt(ref['local-only'])} | {_fmt(ref['pooled'])} |")
     fig.tight_layout()
     plot = out / "privacy_utility.png"
     fig.savefig(plot, dpi=110)
     plt.close(fig)
     md = "\n".join(["# fedadmet dp-sweep: privacy-utility", "",
-                    "Federated metric against ε per partner (δ fixed); local-only and pooled "
+                    "Federated (and federated + fine-tuned) metric against ε per partner "
+                    "(δ fixed), mean over partners and seeds; local-only and pooled "
                     "are non-private references. ε = inf means non-private federated training.",
                     "", *table, "", f"![privacy_utility]({plot.name})", ""])
     (out / "sweep.md").write_text(md, encoding="utf-8")

@@ -55,11 +55,11 @@ class Scenario:
     min_partner_size: int = 20
     test_fraction: float = 0.2
     featurizer: str = "ecfp4-count-2048/v1"
-    hidden_dims: tuple[int, ...] = (512, 128)
+    hidden_dims: tuple[int, ...] = (256,)
     dropout: float = 0.1
     local_epochs: int = 1
     batch_size: int = 128
-    learning_rate: float = 0.5
+    learning_rate: float = 1.0
     optimizer: str = "sgd"
     max_grad_norm: float = 1.0
     server_optimizer: str = "fedavg"
@@ -202,11 +202,11 @@ def load_scenario(path: str | Path | None = None) -> Scenario:
         min_partner_size=t.integer("min-partner-size", 20, min=1),
         test_fraction=t.number("test-fraction", 0.2, min=0.05, max=0.5),
         featurizer=t.text("featurizer", "ecfp4-count-2048/v1"),
-        hidden_dims=tuple(t.array("hidden-dims", [512, 128], item_type=int, min_len=1)),
+        hidden_dims=tuple(t.array("hidden-dims", [256], item_type=int, min_len=1)),
         dropout=t.number("dropout", 0.1, min=0.0, max=0.9),
         local_epochs=t.integer("local-epochs", 1, min=1),
         batch_size=t.integer("batch-size", 128, min=1),
-        learning_rate=t.number("learning-rate", 0.5, min=0.0, min_exclusive=True),
+        learning_rate=t.number("learning-rate", 1.0, min=0.0, min_exclusive=True),
         optimizer=t.text("optimizer", "sgd", choices=("sgd", "adam")),
         max_grad_norm=t.number("max-grad-norm", 1.0, min=0.0, min_exclusive=True),
         server_optimizer=t.text("server-optimizer", "fedavg",

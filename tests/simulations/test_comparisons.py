@@ -38,6 +38,20 @@ def test_gap_closed_is_nan_when_there_is_no_gap() -> None:
     assert math.isnan(gap_closed(math.nan, 0.7, 0.8))
 
 
+def test_gap_closed_is_nan_when_pooled_does_not_beat_local() -> None:
+    # MAE: pooled worse than local-only; AUROC: pooled below local-only
+    assert math.isnan(gap_closed(0.80, 0.70, 0.85, higher_is_better=False))
+    assert math.isnan(gap_closed(0.80, 0.85, 0.75, higher_is_better=True))
+    # the same numbers without a direction keep the bare formula
+    assert gap_closed(0.80, 0.70, 0.85) == pytest.approx(-2.0)
+
+
+def test_gap_closed_is_nan_when_the_gap_is_below_min_gap() -> None:
+    assert math.isnan(gap_closed(0.800, 0.70, 0.795, higher_is_better=False, min_gap=0.01))
+    assert gap_closed(0.80, 0.75, 0.70, higher_is_better=False, min_gap=0.01) == \
+        pytest.approx(0.5)
+
+
 @given(local=st.floats(-10, 10), pooled=st.floats(-10, 10))
 def test_gap_closed_is_zero_at_local_and_one_at_pooled(local: float, pooled: float) -> None:
     if abs(pooled - local) < 1e-3:

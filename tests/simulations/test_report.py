@@ -101,3 +101,22 @@ def test_sweep_report_draws_the_privacy_utility_curve(tmp_path: Path) -> None:
     # sorted by ε, inf last; federated MAE at ε=1, mean over partners: (0.885 + 0.795) / 2
     assert [line.split("|")[3].strip() for line in lines] == ["1", "3", "8", "inf"]
     assert lines[0].split("|")[4].strip() == "0.840"
+
+
+def test_mean_gap_is_over_consortium_endpoints_only(tmp_path: Path) -> None:
+    results = _results()
+    results["scenario"]["endpoints"] = [
+        {"name": "lipophilicity", "private_to": None}, {"name": "bbb", "private_to": None},
+        {"name": "clintox", "private_to": 0}]
+    for seed_run in results["seeds"]:
+        # a private endpoint: its "pooled" arm is one holder's data; a wild gap here
+        # must not move the consortium figure of merit
+        seed_run["comparisons"] += _rows(0, {"local-only": 0.70, "federated": 0.20,
+                                             "federated+finetune": 0.20, "pooled": 0.72,
+                                             "mean-predictor": 0.5}, 0, "clintox", "auroc")
+    write_report(results, tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    # lipophilicity p0: 2/3; bbb p1: -0.3; lipophilicity p1: no gap (excluded)
+    assert math.isclose(saved["mean_gap_closed"], (2 / 3 - 0.3) / 2)
+    assert saved["finetune_beats_local"] == {"cells": 3, "wins": 2}
+    assert "2 of 3 consortium cells" in (tmp_path / "report.md").read_text()

@@ -139,3 +139,15 @@ def test_digest_ignores_where_the_file_lives(tmp_path: Path) -> None:
     assert a.source != b.source and a.digest() == b.digest()
     assert a.to_dict()["epsilon"] == 8.0
     assert a.with_overrides(epsilon=math.inf).to_dict()["epsilon"] == "inf"
+
+
+def test_epsilon_override_replaces_a_dp_sweep() -> None:
+    s = load_scenario("dp-sweep").with_overrides(epsilon=3.0, epsilon_sweep=())
+    assert [r.epsilon for r in s.sweep()] == [3.0]
+
+
+def test_sweep_output_folders_match_the_sweep_report() -> None:
+    from simulations.commands import _eps_dir
+
+    assert [_eps_dir(r.epsilon) for r in load_scenario("dp-sweep").sweep()] == [
+        "eps-1", "eps-3", "eps-8", "eps-inf"]
