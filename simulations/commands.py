@@ -100,6 +100,9 @@ def simulate(
     partners: int | None = typer.Option(None, help="Override the number of partners."),
     epsilon: float | None = typer.Option(None, help="Override ε per partner (inf: no DP)."),
     seeds: str | None = typer.Option(None, help="Override seeds, e.g. 0-2."),
+    learning_rate: float | None = typer.Option(None, help="Override the local DP-SGD learning "
+                                               "rate."),
+    hidden_dims: str | None = typer.Option(None, help="Override the trunk, e.g. 512,128."),
     output: Path | None = typer.Option(None, help="Output directory (default runs/<scenario>)."),
     cache_dir: Path = typer.Option(Path(".fedadmet-cache"), help="Feature cache directory."),
 ) -> None:
@@ -113,7 +116,8 @@ def simulate(
         rounds=rounds, partners=partners, epsilon=epsilon,
         # an explicit --epsilon replaces a dp-sweep's list
         epsilon_sweep=() if epsilon is not None else None,
-        seeds=tuple(parse_seeds(seeds)) if seeds else None)
+        seeds=tuple(parse_seeds(seeds)) if seeds else None, learning_rate=learning_rate,
+        hidden_dims=_hidden_dims(hidden_dims) if hidden_dims else None)
     out = output or Path("runs") / sc.name
     console = Console()
     runs = sc.sweep()
@@ -148,6 +152,17 @@ def simulate(
                   f"with `fedadmet audit verify {results[0]['seeds'][0]['receipts_dir']} "
                   f"--coordinator-key {out / f'seed-{sc.seeds[0]}' / 'coordinator' / 'keys'}"
                   "/receipt-signing.pub`")
+
+
+def _hidden_dims(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError("--hidden-dims", "must be comma-separated layer widths", got=text,
+                          expected="e.g. 256 or 512,128") from None
+    if not dims or min(dims) < 1:
+        raise ConfigError("--hidden-dims", "widths must be positive", got=text)
+    return dims
 
 
 def _eps_dir(epsilon: float) -> str:
