@@ -1,11 +1,22 @@
 """Streaming weighted aggregation of deltas: O(parameters) memory.
 
 Flower's ``aggregate_arrayrecords`` holds every reply at once. Here each
-admitted delta is added into a float64 accumulator as it arrives and can be
-dropped immediately, so peak extra memory is one accumulator the size of the
-model, whatever the number of participants. The mean is the FedAvg update of
+admitted delta is added into one accumulator the size of the model as it
+arrives and can be dropped immediately, so peak extra memory is one model's
+worth, whatever the number of participants. The mean is the FedAvg update of
 McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from
 Decentralized Data": ``sum_k w_k * delta_k / sum_k w_k``.
+
+Speed: ``acc += w * delta`` is done in cache-sized blocks (the product lives
+in a 256 KiB scratch that never leaves L2), one pass over each delta and the
+accumulator; the weights are divided out once at the end. Accumulation is
+float32, as in Flower: a float64 sum doubles the memory traffic and measured
+1.5-3x slower than Flower (benchmarks/aggregation.py). Its error is the
+recursive-summation bound (Higham, "Accuracy and Stability of Numerical
+Algorithms", 2nd ed., §4.2): per element, ``|mean - exact| <= (K + 3) * u *
+sum_k w_k |delta_k| / sum_k w_k`` with ``u = 2**-24``, i.e. about 6e-6 of the
+mean magnitude at K = 100, far below DP-SGD noise; the tests check this bound
+against a float64 reference.
 
 Groups let heads average over the members who actually hold the endpoint:
 a member without labels for an endpoint contributes zero to its head, and
@@ -14,13 +25,17 @@ counting it would shrink every head update by its share.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
 from protocols.errors import AdmissionError, ConfigError
 
-__all__ = ["StreamingMean", "aggregate", "group_of"]
+__all__ = ["UNIT_ROUNDOFF", "StreamingMean", "aggregate", "error_bound", "group_of"]
+
+UNIT_ROUNDOFF = 2.0**-24  # float32
+_BLOCK = 1 << 16  # float32 elements: 256 KiB, so block, scratch and product stay in L2
 
 
 def group_of(name: str) -> str:
@@ -30,20 +45,35 @@ def group_of(name: str) -> str:
     return "trunk"
 
 
+def error_bound(k: int) -> float:
+    """Bound on ``|mean - exact|`` relative to ``sum w|delta| / sum w`` after ``k`` adds."""
+    return (k + 3) * UNIT_ROUNDOFF
+
+
+def _axpy(y: np.ndarray, x: np.ndarray, a: float, scratch: np.ndarray) -> None:
+    """``y += a * x`` on flat float32 ``y``, blockwise so ``a * x`` never goes to memory."""
+    if a == 1.0:  # equal weighting: a single fused pass
+        np.add(y, x, out=y)
+        return
+    a32 = np.float32(a)
+    step = scratch.size
+    for i in range(0, y.size, step):
+        yi = y[i:i + step]
+        prod = scratch[:yi.size]
+        np.multiply(x[i:i + step], a32, out=prod)
+        np.add(yi, prod, out=yi)
+
+
 class StreamingMean:
     """Accumulates ``weight * delta`` per tensor; weights can differ per group."""
 
     def __init__(self, shapes: Mapping[str, tuple[int, ...]], *,
                  group: Callable[[str], str] = group_of) -> None:
-        self._acc = {k: np.zeros(s, dtype=np.float64) for k, s in shapes.items()}
+        self._acc = {k: np.zeros(s, dtype=np.float32) for k, s in shapes.items()}
         self._group = {k: group(k) for k in shapes}
         self._weights: dict[str, float] = dict.fromkeys(self._group.values(), 0.0)
-        # One float32 scratch buffer reused for every tensor: w * delta is formed
-        # in it and added into the float64 sum, so no per-add temporaries and half
-        # the memory traffic of a float64 product (the product's float32 rounding,
-        # 6e-8 relative, is far below the sum's; the sum itself stays float64).
-        self._scratch = np.empty(max((a.size for a in self._acc.values()), default=0),
-                                 dtype=np.float32)
+        largest = max((a.size for a in self._acc.values()), default=0)
+        self._scratch = np.empty(min(largest, _BLOCK), dtype=np.float32)
         self.count = 0
 
     def add(self, delta: Mapping[str, np.ndarray], *, weight: float,
@@ -52,19 +82,24 @@ class StreamingMean:
         if set(delta) != set(self._acc):
             raise AdmissionError("wrong-tensor-set", "delta does not match the model",
                                  got=sorted(delta)[:5], expected=sorted(self._acc)[:5])
-        if weight < 0:
-            raise ValueError(f"weight must be >= 0, got {weight}")
-        used: dict[str, float] = {}
+        bad = [n for n, v in delta.items() if np.shape(v) != self._acc[n].shape]
+        if bad:
+            raise AdmissionError("wrong-shape", "delta tensor shape does not match the model",
+                                 got={n: np.shape(delta[n]) for n in bad[:3]},
+                                 expected={n: self._acc[n].shape for n in bad[:3]})
+        # Every weight is checked before anything is added: a refused delta leaves
+        # the sum untouched (a NaN or negative weight would also let one member
+        # cancel or amplify the others).
+        used = {g: float(group_weights.get(g, weight)) if group_weights else float(weight)
+                for g in set(self._group.values())}
+        bad_w = {g: w for g, w in used.items() if not 0.0 <= w < math.inf}
+        if bad_w:
+            raise AdmissionError("bad-weight", "aggregation weights must be finite and >= 0",
+                                 got=bad_w, expected="0 <= weight < inf")
         for name, value in delta.items():
-            g = self._group[name]
-            w = float(group_weights.get(g, weight)) if group_weights else float(weight)
-            used[g] = w
-            if w == 0.0:
-                continue
-            acc = self._acc[name]
-            tmp = self._scratch[:acc.size].reshape(acc.shape)
-            np.multiply(value, np.float32(w), out=tmp)
-            np.add(acc, tmp, out=acc)
+            w = used[self._group[name]]
+            if w != 0.0:
+                _axpy(self._acc[name].reshape(-1), np.ravel(value), w, self._scratch)
         for g, w in used.items():
             self._weights[g] += w
         self.count += 1
@@ -74,7 +109,8 @@ class StreamingMean:
         out: dict[str, np.ndarray] = {}
         for name, acc in self._acc.items():
             total = self._weights[self._group[name]]
-            out[name] = (acc / total if total > 0 else np.zeros_like(acc)).astype(dtype)
+            mean = acc / np.float32(total) if total > 0 else np.zeros_like(acc)
+            out[name] = mean.astype(dtype, copy=False)
         return out
 
     def group_weights(self) -> dict[str, float]:
