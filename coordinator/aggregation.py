@@ -70,6 +70,8 @@ class StreamingMean:
     def __init__(self, shapes: Mapping[str, tuple[int, ...]], *,
                  group: Callable[[str], str] = group_of) -> None:
         self._acc = {k: np.zeros(s, dtype=np.float32) for k, s in shapes.items()}
+        self._untouched = set(self._acc)
+        self._closed = False
         self._group = {k: group(k) for k in shapes}
         self._weights: dict[str, float] = dict.fromkeys(self._group.values(), 0.0)
         largest = max((a.size for a in self._acc.values()), default=0)
@@ -79,13 +81,18 @@ class StreamingMean:
     def add(self, delta: Mapping[str, np.ndarray], *, weight: float,
             group_weights: Mapping[str, float] | None = None) -> None:
         """Add one delta; ``group_weights`` overrides ``weight`` for named groups."""
+        if self._closed:
+            raise AdmissionError("round-closed", "the mean was already taken", got=self.count,
+                                 expected="add() before result()")
         if set(delta) != set(self._acc):
             raise AdmissionError("wrong-tensor-set", "delta does not match the model",
                                  got=sorted(delta)[:5], expected=sorted(self._acc)[:5])
-        bad = [n for n, v in delta.items() if np.shape(v) != self._acc[n].shape]
+        # ``.shape`` rather than ``np.shape``: a lazily decoded tensor (anything with
+        # ``shape`` and ``__array__``) is then only materialised when it is added.
+        bad = [n for n, v in delta.items() if tuple(v.shape) != self._acc[n].shape]
         if bad:
             raise AdmissionError("wrong-shape", "delta tensor shape does not match the model",
-                                 got={n: np.shape(delta[n]) for n in bad[:3]},
+                                 got={n: tuple(delta[n].shape) for n in bad[:3]},
                                  expected={n: self._acc[n].shape for n in bad[:3]})
         # Every weight is checked before anything is added: a refused delta leaves
         # the sum untouched (a NaN or negative weight would also let one member
@@ -98,20 +105,32 @@ class StreamingMean:
                                  got=bad_w, expected="0 <= weight < inf")
         for name, value in delta.items():
             w = used[self._group[name]]
-            if w != 0.0:
-                _axpy(self._acc[name].reshape(-1), np.ravel(value), w, self._scratch)
+            if w == 0.0:
+                continue
+            acc = self._acc[name].reshape(-1)
+            if name in self._untouched:  # first term: write it, don't add it to zeros
+                np.multiply(np.ravel(value), np.float32(w), out=acc)
+                self._untouched.discard(name)
+            else:
+                _axpy(acc, np.ravel(value), w, self._scratch)
         for g, w in used.items():
             self._weights[g] += w
         self.count += 1
 
     def result(self, *, dtype: type = np.float32) -> dict[str, np.ndarray]:
-        """The weighted mean per tensor (zero for a group nobody weighted)."""
-        out: dict[str, np.ndarray] = {}
-        for name, acc in self._acc.items():
-            total = self._weights[self._group[name]]
-            mean = acc / np.float32(total) if total > 0 else np.zeros_like(acc)
-            out[name] = mean.astype(dtype, copy=False)
-        return out
+        """The weighted mean per tensor (zero for a group nobody weighted).
+
+        The sums are divided in place, so the round never holds a second
+        model-sized buffer; this closes the accumulator (later ``add`` calls are
+        refused) and repeated calls return the same arrays.
+        """
+        if not self._closed:
+            for name, acc in self._acc.items():
+                total = self._weights[self._group[name]]
+                if total > 0:
+                    np.divide(acc, np.float32(total), out=acc)
+            self._closed = True
+        return {name: acc.astype(dtype, copy=False) for name, acc in self._acc.items()}
 
     def group_weights(self) -> dict[str, float]:
         """Total weight per group."""

@@ -117,18 +117,29 @@ def test_wrong_shape_is_refused_before_anything_is_added() -> None:
 
 
 def test_negative_or_nan_weight_is_refused_and_leaves_the_sum_untouched() -> None:
-    d = _deltas(0, 1)[0]
-    agg = StreamingMean(SHAPES)
-    agg.add(d, weight=2.0)
-    before = agg.result()
+    d1, d2 = _deltas(0, 2)
+    agg, clean = StreamingMean(SHAPES), StreamingMean(SHAPES)
+    for a in (agg, clean):
+        a.add(d1, weight=2.0)
     for w, groups in ((-1.0, None), (float("nan"), None), (float("inf"), None),
                       (1.0, {"heads.a": -2.0}), (1.0, {"heads.b": float("nan")})):
         with pytest.raises(AdmissionError, match="bad-weight"):
-            agg.add(d, weight=w, group_weights=groups)
-    after = agg.result()
-    assert agg.count == 1 and agg.group_weights() == {"trunk": 2.0, "heads.a": 2.0,
-                                                      "heads.b": 2.0}
-    assert all(np.array_equal(before[n], after[n]) for n in SHAPES)
+            agg.add(d2, weight=w, group_weights=groups)
+    assert agg.count == 1 and agg.group_weights() == clean.group_weights()
+    got, want = agg.result(), clean.result()
+    assert all(np.array_equal(got[n], want[n]) for n in SHAPES)
+
+
+def test_a_delta_after_the_mean_was_taken_is_refused() -> None:
+    d1, d2 = _deltas(5, 2)
+    agg = StreamingMean(SHAPES)
+    agg.add(d1, weight=1.0)
+    first = {n: a.copy() for n, a in agg.result().items()}
+    with pytest.raises(AdmissionError, match="round-closed"):
+        agg.add(d2, weight=1.0)
+    again = agg.result()  # not divided a second time
+    assert all(np.array_equal(first[n], again[n]) for n in SHAPES)
+    np.testing.assert_array_equal(again["trunk.0.weight"], d1["trunk.0.weight"])
 
 
 def test_fedadam_matches_a_hand_computation() -> None:
