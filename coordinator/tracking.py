@@ -290,6 +290,9 @@ class MlflowTracker:
             self.client.set_terminated(self.run_id, status=status)
 
 
+UNBOUNDED_EPSILON = 1e300  # claims at or above this carry no privacy guarantee
+
+
 def round_metrics(summary: RoundSummary, *, central_epsilon: float | None = None
                   ) -> dict[str, float]:
     """The metrics one round contributes, named as in docs/tracking.md."""
@@ -302,8 +305,13 @@ def round_metrics(summary: RoundSummary, *, central_epsilon: float | None = None
                 "round.seconds": summary.seconds,
                 "epsilon.max": summary.max_claimed_epsilon})
     claimed = list(summary.epsilon.values())
-    if claimed:
-        out["epsilon.mean"] = math.fsum(claimed) / len(claimed)
+    # A participant under an unsafe no-DP federation claims an unbounded ε (sent as a
+    # huge finite number); count those instead of averaging them into nonsense.
+    bounded = [e for e in claimed if math.isfinite(e) and e < UNBOUNDED_EPSILON]
+    if bounded:
+        out["epsilon.mean"] = math.fsum(bounded) / len(bounded)
+    if len(bounded) < len(claimed):
+        out["epsilon.unbounded"] = len(claimed) - len(bounded)
     if central_epsilon is not None:
         out["epsilon.central"] = central_epsilon
     return {k: float(v) for k, v in out.items()}

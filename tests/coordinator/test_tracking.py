@@ -182,6 +182,16 @@ def test_round_metrics_without_claims_have_no_mean() -> None:
     assert m["participants.dropped"] == 2.0
 
 
+def test_unsafe_no_dp_claims_are_counted_not_averaged() -> None:
+    # regression: four 1e308 claims overflowed math.fsum and crashed the ε = inf run
+    s = RoundSummary(round=1, accepted=4, rejected=0, dropped=0, refused=0, reasons={},
+                     model_digest="", receipt_hash="", train={}, evaluate={},
+                     max_claimed_epsilon=1e308, seconds=1.0,
+                     epsilon={f"p{i}": 1e308 for i in range(3)} | {"p3": 2.0})
+    m = round_metrics(s)
+    assert m["epsilon.unbounded"] == 3.0 and m["epsilon.mean"] == 2.0
+
+
 def test_unwritable_sqlite_location_is_a_tracking_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
