@@ -5,10 +5,13 @@ Each round:
 1. wait (bounded) for ``min_participants`` and sample with the checkpointed RNG;
 2. send the shared parameters, the specs, the DP plan, and every signed receipt
    the participant has not yet seen with its own inclusion proofs;
-3. collect replies until the round timeout; missing ones are recorded as dropped;
-4. admission on every submission (signature first); accepted deltas stream
-   into the accumulator and are dropped, so memory stays O(parameters);
-5. aggregate and apply the server optimizer;
+3. pull replies one at a time until the round timeout (missing ones are
+   recorded as dropped); each is decoded, admitted (signature first) and, if
+   accepted, added into the accumulator and dropped before the next is pulled,
+   so the ServerApp holds one reply and one model-sized sum: O(parameters),
+   not O(participants x parameters) as with ``send_and_receive``;
+5. aggregate (with optional central DP: clip, fixed denominator, noise) and
+   apply the server optimizer;
 6. build and sign the round receipt;
 7. checkpoint (receipt included), then append the receipt to the log;
 8. evaluate the new global model on the participants' held-out splits.
@@ -25,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,13 +40,19 @@ from flwr.app import Message
 from coordinator import checkpoint
 from coordinator.admission import AdmissionPolicy, Admitted, Member, RoundExpectations, admit
 from coordinator.aggregation import StreamingMean
+from coordinator.central_dp import CentralDP
 from coordinator.config import FederationConfig
 from coordinator.participants import sample_participants, wait_for_participants
 from coordinator.receipt_log import ReceiptLog
 from coordinator.server_opt import make_server_optimizer
 from protocols import flower_codec as codec
 from protocols.canonical import tensors_digest
-from protocols.errors import MessageValidationError, RoundFailedError
+from protocols.errors import (
+    AdmissionError,
+    ConfigError,
+    MessageValidationError,
+    RoundFailedError,
+)
 from protocols.messages import PROTOCOL_VERSION, DPPlan, RoundInstruction
 from protocols.receipts import (
     GENESIS_HASH,
@@ -68,8 +77,9 @@ class GridLike(Protocol):
 
     def get_node_ids(self) -> Iterable[int]: ...
 
-    def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> Iterable[Message]: ...
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]: ...
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]: ...
 
 
 @dataclass(kw_only=True)
@@ -89,6 +99,8 @@ class RoundSummary:
     max_claimed_epsilon: float
     seconds: float
     epsilon: dict[str, float] = field(default_factory=dict)
+    # participant-level ε of the central-DP release so far (None: central DP off)
+    central_epsilon: float | None = None
 
 
 class Federation:
@@ -115,6 +127,17 @@ class Federation:
             beta1=cfg.server_optimizer.beta1, beta2=cfg.server_optimizer.beta2,
             tau=cfg.server_optimizer.tau)
         self.rng = np.random.default_rng(cfg.seed)
+        self.central: CentralDP | None = None
+        if cfg.central_dp.enabled:
+            if cfg.weighting != "equal":
+                raise ConfigError("central-dp.enabled", "central DP needs equal weighting",
+                                  got=cfg.weighting, expected="equal",
+                                  fix='set federation.weighting = "equal"')
+            self.central = CentralDP(noise_multiplier=cfg.central_dp.noise_multiplier,
+                                     clipping_norm=cfg.central_dp.clipping_norm,
+                                     delta=cfg.privacy.delta)
+        # DP noise from OS entropy, never the config seed: replayable noise is removable.
+        self.noise_rng = np.random.default_rng()
         self.weights = {k: np.asarray(v, np.float32) for k, v in initial_weights.items()}
         self.start_round = 1
         self.prev_hash = GENESIS_HASH
@@ -142,6 +165,8 @@ class Federation:
         self.rng.bit_generator.state = ckpt.rng_state
         self.node_ids = dict(ckpt.extra.get("node_ids", {}))
         self.last_submitted = {k: int(v) for k, v in ckpt.extra.get("last_submitted", {}).items()}
+        if self.central is not None:
+            self.central.load_state_dict(ckpt.extra.get("central_dp", {}))
         self.prev_hash = ckpt.receipt_hash
         self.start_round = ckpt.round + 1
         log.info("resuming after round %d (receipt %s)", ckpt.round, ckpt.receipt_hash[:12])
@@ -172,24 +197,43 @@ class Federation:
             inclusion_proofs=tuple(None if x is None else x.to_dict() for x in proofs))
 
     def _exchange(self, kind: str, round: int, nodes: list[int], global_weights: Weights,
-                  receipts_upto: int) -> tuple[dict[int, Message], list[int]]:
+                  receipts_upto: int) -> Iterator[tuple[int, Message | None]]:
+        """Send to ``nodes``; yield ``(node, reply)`` as replies arrive, then ``(node, None)``
+        for each node that did not answer within the round timeout.
+
+        Messages are built and pushed one at a time and replies pulled one
+        message id at a time (``send_and_receive`` holds all of either at once),
+        so the caller can consume and drop each reply before the next is pulled.
+        """
         digest = tensors_digest(global_weights)
-        sent: dict[str, int] = {}
-        messages = []
+        pending: dict[str, int] = {}
         for node in nodes:
-            ins = self._instruction(round, node, digest, receipts_upto)
-            msg = Message(codec.encode_instruction(ins, global_weights), dst_node_id=node,
-                          message_type=kind)
-            messages.append(msg)
-        replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
-        for msg in messages:
-            sent[msg.metadata.message_id] = msg.metadata.dst_node_id
-        by_node: dict[int, Message] = {}
-        for reply in replies:
-            node = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-            by_node[node] = reply
-        missing = [n for n in nodes if n not in by_node]
-        return by_node, missing
+            msg = Message(codec.encode_instruction(
+                self._instruction(round, node, digest, receipts_upto), global_weights),
+                dst_node_id=node, message_type=kind)
+            pending.update((mid, node) for mid in self.grid.push_messages([msg]) if mid)
+            del msg
+        answered: set[int] = set()
+        deadline = time.monotonic() + self.cfg.round_timeout
+        pause = 0.05
+        while pending:
+            progressed = False
+            for mid in list(pending):
+                for reply in self.grid.pull_messages([mid]):
+                    node = pending.pop(mid, reply.metadata.src_node_id)
+                    answered.add(node)
+                    progressed = True
+                    yield node, reply
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            # back off while nothing arrives: one pull per pending id per pause
+            pause = 0.05 if progressed else min(2 * pause, 2.0)
+            if not progressed:
+                time.sleep(min(pause, left))
+        for node in nodes:
+            if node not in answered:
+                yield node, None
 
     # ---------------------------------------------------------------- round
     def run_round(self, round: int) -> RoundSummary:
@@ -202,7 +246,6 @@ class Federation:
                                     min_participants=self.cfg.min_participants, rng=self.rng)
         base = self.weights
         base_digest = tensors_digest(base)
-        replies, missing = self._exchange("train", round, nodes, base, round - 1)
         shapes = {k: tuple(v.shape) for k, v in base.items()}
         agg = StreamingMean(shapes)
         expected = RoundExpectations(federation_id=self.cfg.federation_id, round=round,
@@ -214,13 +257,13 @@ class Federation:
         accepted: list[tuple[str, Any, float]] = []
         train_sums: dict[str, float] = {}
         endpoints = [e.name for e in self.cfg.model.endpoints]
-        for node in missing:
-            fpr = self.node_ids.get(str(node), f"node:{node}")
-            leaves.append(ReceiptLeaf(participant_fingerprint=fpr, status="dropped",
-                                      reason="timeout"))
-            reasons[fpr] = "timeout"
-        for node, reply in replies.items():
+        for node, reply in self._exchange("train", round, nodes, base, round - 1):
             fallback = self.node_ids.get(str(node), f"node:{node}")
+            if reply is None:
+                leaves.append(ReceiptLeaf(participant_fingerprint=fallback, status="dropped",
+                                          reason="timeout"))
+                reasons[fallback] = "timeout"
+                continue
             if reply.has_error():
                 leaves.append(ReceiptLeaf(participant_fingerprint=fallback, status="dropped",
                                           reason=f"error: {reply.error.reason}"[:200]))
@@ -252,15 +295,26 @@ class Federation:
                 log.warning("round %d: rejected %s: %s (%s)", round,
                             sub.participant_fingerprint[:19], decision.reason, decision.detail)
                 continue
-            self.node_ids[str(node)] = sub.participant_fingerprint
-            self.last_submitted[sub.participant_fingerprint] = round
             equal = self.cfg.weighting == "equal"
             weight = 1.0 if equal else float(sub.num_examples)
             heads = {}
             for e in endpoints:
                 n_e = decoded.metrics.get(f"n.{e}", 0.0)
                 heads[f"heads.{e}"] = (1.0 if n_e > 0 else 0.0) if equal else n_e
-            agg.add(decoded.delta, weight=weight, group_weights=heads)
+            try:
+                if self.central is None:
+                    agg.add(decoded.delta, weight=weight, group_weights=heads)
+                else:  # every tensor over the same members, so one clip bounds all of them
+                    agg.add(self.central.clip(decoded.delta), weight=1.0)
+            except AdmissionError as exc:  # e.g. a NaN or negative n.<endpoint>; nothing added
+                leaves.append(ReceiptLeaf(
+                    participant_fingerprint=sub.participant_fingerprint, status="rejected",
+                    reason=exc.reason, update_digest=sub.delta_digest,
+                    participant_signature=sub.signature, claimed_epsilon=sub.claimed_epsilon))
+                reasons[sub.participant_fingerprint] = exc.reason
+                continue
+            self.node_ids[str(node)] = sub.participant_fingerprint
+            self.last_submitted[sub.participant_fingerprint] = round
             accepted.append((sub.participant_fingerprint, sub, weight))
             for k, v in decoded.metrics.items():
                 train_sums[k] = train_sums.get(k, 0.0) + v * (weight if k == "train-loss" else 1)
@@ -270,13 +324,19 @@ class Federation:
                 got=reasons or "no replies", expected=f">= {self.cfg.min_participants}",
                 fix="see the reasons per participant; the checkpoint is unchanged")
         total = sum(w for _, _, w in accepted)
+        # under central DP the sum is divided by the members sampled, not those accepted
+        share = total if self.central is None else float(len(nodes))
         for fpr, sub, w in accepted:
             leaves.append(ReceiptLeaf(participant_fingerprint=fpr, status="accepted",
                                       update_digest=sub.delta_digest,
-                                      participant_signature=sub.signature, weight=w / total,
+                                      participant_signature=sub.signature, weight=w / share,
                                       claimed_epsilon=sub.claimed_epsilon))
-        new = self.opt.apply(base, agg.result())
-        del agg  # the accumulator is the only O(parameters) buffer; release it now
+        mean = agg.result()
+        if self.central is not None:
+            mean = self.central.privatize(mean, num_accepted=len(accepted),
+                                          num_sampled=len(nodes), rng=self.noise_rng)
+        new = self.opt.apply(base, mean)
+        del agg, mean  # the accumulator is the only O(parameters) buffer; release it now
         new_digest = tensors_digest(new)
         receipt = build_receipt(
             federation_id=self.cfg.federation_id, round=round,
@@ -289,7 +349,8 @@ class Federation:
             round=round, weights=new, optimizer=self.opt.state_dict(),
             rng_state=dict(self.rng.bit_generator.state), receipt_hash=rhash,
             receipt_bytes=receipt.canonical_bytes(), config_digest=self.cfg.digest(),
-            extra={"node_ids": self.node_ids, "last_submitted": self.last_submitted}))
+            extra={"node_ids": self.node_ids, "last_submitted": self.last_submitted,
+                   **({"central_dp": self.central.state_dict()} if self.central else {})}))
         self.log.append(round, receipt.canonical_bytes())
         self.weights, self.prev_hash = new, rhash
         evaluation = self._evaluate(round, nodes)
@@ -303,6 +364,7 @@ class Federation:
             evaluate=evaluation,
             max_claimed_epsilon=max((s.claimed_epsilon for _, s, _ in accepted), default=0.0),
             epsilon={fpr: s.claimed_epsilon for fpr, s, _ in accepted},
+            central_epsilon=self.central.epsilon() if self.central is not None else None,
             seconds=time.perf_counter() - t0)
         with open(self.state_dir / "rounds.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(summary.__dict__, sort_keys=True) + "\n")
@@ -314,11 +376,10 @@ class Federation:
         return summary
 
     def _evaluate(self, round: int, nodes: list[int]) -> dict[str, float]:
-        replies, _ = self._exchange("evaluate", round, nodes, self.weights, round)
         sums: dict[str, float] = {}
         weights: dict[str, float] = {}
-        for reply in replies.values():
-            if reply.has_error():
+        for _, reply in self._exchange("evaluate", round, nodes, self.weights, round):
+            if reply is None or reply.has_error():
                 continue
             try:
                 metrics, refusal = codec.decode_evaluate_reply(reply.content)

@@ -56,7 +56,7 @@ def run_federation(cfg: FederationConfig, grid: Grid, *,
         cfg, package_model=lambda d, w: save_predictor_files(d, w, mspec, fspec))
 
     def after_round(summary: RoundSummary, weights: Weights) -> None:
-        tracker.log_round(summary, weights)
+        tracker.log_round(summary, weights, central_epsilon=summary.central_epsilon)
         if on_round is not None:
             on_round(summary, weights)
 

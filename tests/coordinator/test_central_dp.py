@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -10,9 +13,14 @@ from flwr.supercore.differential_privacy import compute_clip_model_update, compu
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from coordinator import checkpoint
 from coordinator.aggregation import StreamingMean
 from coordinator.central_dp import CentralDP, clip_delta, global_norm, noise_std
+from coordinator.config import FederationConfig
+from coordinator.federation import Federation, GridLike
+from coordinator.receipt_log import ReceiptLog
 from protocols.errors import ConfigError
+from protocols.signing import Ed25519PrivateKey
 
 OPACUS_ALPHAS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
 
@@ -157,3 +165,59 @@ def test_bad_parameters_are_config_errors() -> None:
             dp.privatize({"w": np.zeros(1, np.float32)}, num_accepted=accepted,
                          num_sampled=sampled, rng=np.random.default_rng(0))
     assert dp.rounds() == 0  # a refused release is not accounted
+
+
+def test_central_dp_with_example_count_weighting_is_refused(tmp_path: Path) -> None:
+    cfg = FederationConfig.from_mapping({
+        "federation": {"id": "cdp", "state-dir": str(tmp_path), "weighting": "num-examples"},
+        "model": {"endpoints": [{"name": "logd", "task": "regression"}]},
+        "central-dp": {"enabled": True}})
+    key = Ed25519PrivateKey.generate()
+    with pytest.raises(ConfigError, match="equal weighting"):
+        # refused before the grid, members or weights are touched
+        Federation(cfg, grid=cast(GridLike, None), signing_key=key, members={},
+                   initial_weights={}, model_spec={}, model_spec_digest="",
+                   featurization_spec={}, featurization_spec_digest="")
+
+
+@pytest.mark.slow
+def test_central_dp_round_loop_reports_epsilon_next_to_participants(tmp_path: Path) -> None:
+    """The tiny scenario in Flower's simulation engine with central DP switched on."""
+    from mlflow.tracking import MlflowClient
+
+    from simulations.runner import prepare_seed, run_seed
+    from simulations.scenario import load_scenario
+
+    z, rounds = 2.0, 2
+    run = prepare_seed(load_scenario("tiny").with_overrides(rounds=rounds), tmp_path,
+                       seed=0, cache=Path(".fedadmet-cache"))
+    toml = tmp_path / "coordinator" / "federation.toml"
+    text = toml.read_text(encoding="utf-8").replace('weighting = "num-examples"',
+                                                    'weighting = "equal"')
+    toml.write_text(text + f"\n[central-dp]\nenabled = true\nnoise-multiplier = {z}\n"
+                    "clipping-norm = 5.0\n", encoding="utf-8")
+    run.federation = FederationConfig.load(toml)
+    run_seed(run)
+
+    delta = run.federation.privacy.delta
+    expected = [min(t * a / (2 * z * z) - (math.log(delta) + math.log(a)) / (a - 1)
+                    + math.log((a - 1) / a) for a in OPACUS_ALPHAS) for t in (1, 2)]
+    assert [r["round"] for r in run.rounds] == [1, 2]
+    for r, eps in zip(run.rounds, expected, strict=True):
+        assert r["central_epsilon"] == pytest.approx(eps, rel=1e-9)
+        assert len(r["epsilon"]) == 2 and all(v > 0 for v in r["epsilon"].values())
+    state = run.federation.state_dir
+    ckpt = checkpoint.latest(state)
+    assert ckpt is not None and ckpt.extra["central_dp"] == {"history": [[z, 1.0, rounds]]}
+    receipt = json.loads(ReceiptLog(state / "receipts").read(rounds))
+    accepted = [leaf for leaf in receipt["leaves"] if leaf["status"] == "accepted"]
+    assert [leaf["weight"] for leaf in accepted] == [0.5, 0.5]  # 1 / members sampled
+    client = MlflowClient(tracking_uri=run.federation.tracking_uri_or_default)
+    experiment = client.get_experiment_by_name(run.federation.federation_id)
+    assert experiment is not None
+    (mlrun,) = client.search_runs([experiment.experiment_id])
+    central = client.get_metric_history(mlrun.info.run_id, "epsilon.central")
+    assert [m.step for m in central] == [1, 2]
+    assert [m.value for m in central] == pytest.approx(expected, rel=1e-9)
+    assert [m.step for m in client.get_metric_history(mlrun.info.run_id, "epsilon.max")] \
+        == [1, 2]
