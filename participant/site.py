@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,8 +237,10 @@ class Site:
         opt: torch.optim.Optimizer = (torch.optim.Adam(params, lr=plan.learning_rate)
                                       if plan.optimizer == "adam"
                                       else torch.optim.SGD(params, lr=plan.learning_rate))
-        gen = torch.Generator().manual_seed(int.from_bytes(
-            bytes.fromhex(global_digest[:8]), "big") ^ ins.round)
+        # Sampling and noise must be unknown to the coordinator: a seed derived from
+        # the round's public inputs would let it subtract the noise. Retries resend
+        # the outbox, so fresh entropy never means a second release.
+        gen = torch.Generator().manual_seed(secrets.randbits(63))
         result = dp_train(
             model, data.n_train,
             lambda pred, idx: masked_loss(pred, y[idx], m[idx], model.spec, reduction="none"),
