@@ -50,10 +50,11 @@ def test_report_files_exist_and_metrics_beat_a_mean_predictor(tiny_run: Path) ->
     results = json.loads((tiny_run / "results.json").read_text())
     rows = results["seeds"][0]["comparisons"]
     assert all(math.isfinite(r["value"]) for r in rows)
-    mae = {(r["partner"], r["arm"]): r["value"] for r in rows if r["endpoint"] == "lipophilicity"}
+    mae = {(r["partner"], r["arm"]): r["value"] for r in rows
+           if r["endpoint"] == "solubility_aqsoldb"}
     for p in (0, 1):
         assert mae[(p, "federated+finetune")] < mae[(p, "mean-predictor")]
-    curve = [r["evaluate"]["lipophilicity.mae"] for r in results["seeds"][0]["rounds"]]
+    curve = [r["evaluate"]["solubility_aqsoldb.mae"] for r in results["seeds"][0]["rounds"]]
     assert len(curve) == 3 and all(math.isfinite(v) for v in curve)
 
 
