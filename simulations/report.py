@@ -176,40 +176,13 @@ def _per_round(results: dict[str, Any]) -> str:
     return f" ({np.mean(secs):.1f} s per round on average, slowest {max(secs):.1f} s)"
 
 
-def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
-    """Write results.json, report.md, report.html and the plots into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    rows = summarise(results)
-    results = {**results, "summary": rows}
-    # The figure of merit is over consortium endpoints: a private endpoint's "pooled"
-    # arm is its one holder's data, so there is no gap to close. It is the gap of the
-    # seed means: a per-seed ratio of two noisy differences explodes when one seed's
-    # pooled-minus-local gap is small (the per-seed figure is kept for reference).
-    consortium = [r for r in rows if not r["private"]]
-    gaps = [r["gap_closed_of_means"] for r in consortium
-            if math.isfinite(r["gap_closed_of_means"])]
-    results["mean_gap_closed"] = float(np.mean(gaps)) if gaps else math.nan
-    results["median_gap_closed"] = float(np.median(gaps)) if gaps else math.nan
-    per_seed = [float(np.mean(fin)) for r in consortium
-                if (fin := [g for g in r["gap_closed"] if math.isfinite(g)])]
-    results["mean_gap_closed_per_seed"] = float(np.mean(per_seed)) if per_seed else math.nan
-    results["finetune_beats_local"] = {
-        "cells": len(consortium),
-        "wins": sum(r["finetune_beats_local_all_seeds"] for r in consortium),
-        "wins_on_seed_means": sum(r["finetune_beats_local_on_mean"] for r in consortium)}
-    (out / "results.json").write_text(
-        json.dumps(_strict_json(results), indent=2, default=str, allow_nan=False) + "\n",
-        encoding="utf-8")
-    plots = _plots(results, rows, out)
-    lines = [f"# fedadmet simulation: {results['scenario']['name']}", "",
-             f"Scenario digest `{results['scenario_digest'][:16]}`, seeds "
-             f"{results['scenario']['seeds']}, ε = {results['scenario']['epsilon']} per partner "
-             f"(δ = {results['scenario']['delta']}), {results['scenario']['rounds']} rounds, "
-             f"{results['scenario']['partners']} partners. Wall time "
-             f"{results['seconds']:.0f} s" + _per_round(results) + ".", "",
-             "Each partner is evaluated on its own scaffold-split held-out test set "
-             "(mean ± std across seeds).", "",
-             "| partner | endpoint | metric | local-only | federated | federated + fine-tune "
+def _comparison_lines(results: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """The arms table and what it shows, or why there is none."""
+    if not rows:
+        # A scale scenario (compare = false): no arms, so no claims about them.
+        return ["No comparison arms were run (the scenario sets `compare = false`): this run "
+                "measures the federation itself (wall time per round, privacy spent, receipts)."]
+    lines = ["| partner | endpoint | metric | local-only | federated | federated + fine-tune "
              "| pooled | mean predictor | gap closed (of means) | gap closed per seed |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -245,6 +218,44 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
         lines.append(f"Gap closed is n/a (pooled does not beat local-only by {MIN_GAP} in "
                      "some seed, so the share is undefined there) for: " + ", ".join(
                          f"partner {r['partner']} {r['endpoint']}" for r in flat) + ".")
+    return lines
+
+
+def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
+    """Write results.json, report.md, report.html and the plots into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarise(results)
+    results = {**results, "summary": rows}
+    # The figure of merit is over consortium endpoints: a private endpoint's "pooled"
+    # arm is its one holder's data, so there is no gap to close. It is the gap of the
+    # seed means: a per-seed ratio of two noisy differences explodes when one seed's
+    # pooled-minus-local gap is small (the per-seed figure is kept for reference).
+    consortium = [r for r in rows if not r["private"]]
+    gaps = [r["gap_closed_of_means"] for r in consortium
+            if math.isfinite(r["gap_closed_of_means"])]
+    results["mean_gap_closed"] = float(np.mean(gaps)) if gaps else math.nan
+    results["median_gap_closed"] = float(np.median(gaps)) if gaps else math.nan
+    per_seed = [float(np.mean(fin)) for r in consortium
+                if (fin := [g for g in r["gap_closed"] if math.isfinite(g)])]
+    results["mean_gap_closed_per_seed"] = float(np.mean(per_seed)) if per_seed else math.nan
+    results["finetune_beats_local"] = {
+        "cells": len(consortium),
+        "wins": sum(r["finetune_beats_local_all_seeds"] for r in consortium),
+        "wins_on_seed_means": sum(r["finetune_beats_local_on_mean"] for r in consortium)}
+    (out / "results.json").write_text(
+        json.dumps(_strict_json(results), indent=2, default=str, allow_nan=False) + "\n",
+        encoding="utf-8")
+    plots = _plots(results, rows, out)
+    lines = [f"# fedadmet simulation: {results['scenario']['name']}", "",
+             f"Scenario digest `{results['scenario_digest'][:16]}`, seeds "
+             f"{results['scenario']['seeds']}, ε = {results['scenario']['epsilon']} per partner "
+             f"(δ = {results['scenario']['delta']}), {results['scenario']['rounds']} rounds, "
+             f"{results['scenario']['partners']} partners. Wall time "
+             f"{results['seconds']:.0f} s" + _per_round(results) + ".", "",
+             "Each partner is evaluated on its own scaffold-split held-out test set "
+             "(mean ± std across seeds).", ""]
+    table_at = len(lines)
+    lines += _comparison_lines(results, rows)
     lines += ["", "Privacy spent per partner (final claimed cumulative ε, from the receipts):", ""]
     for seed_run in results["seeds"]:
         eps = seed_run["epsilon"]
@@ -256,12 +267,15 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
     (out / "report.md").write_text(md, encoding="utf-8")
     body = "".join(f"<p>{html.escape(line)}</p>" for line in lines
                    if not line.startswith(("|", "!")))
-    table = "<table border=1 cellpadding=4><tr>" + "".join(
-        f"<th>{html.escape(h.strip())}</th>" for h in lines[6].strip("|").split("|")) + "</tr>"
-    for line in lines[8:8 + len(rows)]:
-        table += "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>"
-                                  for c in line.strip("|").split("|")) + "</tr>"
-    table += "</table>"
+    table = ""
+    if rows:
+        table = "<table border=1 cellpadding=4><tr>" + "".join(
+            f"<th>{html.escape(h.strip())}</th>"
+            for h in lines[table_at].strip("|").split("|")) + "</tr>"
+        for line in lines[table_at + 2:table_at + 2 + len(rows)]:
+            table += "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>"
+                                      for c in line.strip("|").split("|")) + "</tr>"
+        table += "</table>"
     images = "".join(f'<img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"'
                      f' alt="{p.stem}"><br>' for p in plots)
     (out / "report.html").write_text(

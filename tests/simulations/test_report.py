@@ -88,6 +88,18 @@ def test_report_says_where_finetune_loses(tmp_path: Path) -> None:
     assert "![learning_curves](learning_curves.png)" in md
 
 
+def test_report_without_arms_makes_no_claims_about_them(tmp_path: Path) -> None:
+    results = _results()
+    for seed in results["seeds"]:
+        seed["comparisons"] = []  # a compare = false scenario such as scale-50
+    files = write_report(results, tmp_path)
+    md = files["md"].read_text(encoding="utf-8")
+    assert "No comparison arms were run" in md
+    assert "beat local-only" not in md and "| partner |" not in md
+    assert "s per round" in md and "ε=7.90" in md
+    assert "<table" not in files["html"].read_text(encoding="utf-8")
+
+
 def test_sweep_report_draws_the_privacy_utility_curve(tmp_path: Path) -> None:
     runs = [_results(epsilon=e, fed_shift=s)
             for e, s in ((1.0, 0.08), ("inf", -0.05), (8.0, 0.0), (3.0, 0.04))]
