@@ -1,45 +1,87 @@
 """Build and run the member's stock ``flower-supernode`` (outbound only; flwr 1.41 flags).
 
+The SuperNode runs with ``--isolation process``; the daemon starts the stock
+``flower-superexec`` itself, sharing a fresh secret with the SuperNode, with the code
+pin's runner first on its ``PATH`` (see :mod:`participant.pinned_clientapp`): every
+ClientApp bundle is checked against the member's :class:`CodePin` before anything of it
+is unpacked or run. Pinned to the installed fedadmet by default; running unpinned needs
+``unsafe_run_unpinned_code=True`` and is logged loudly.
+
 Restarts are bounded with exponential backoff; every line logged is plain language.
 Exit code 305 means the SuperLink refused the connection (unregistered key, TLS).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import secrets
+import shlex
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protocols.errors import DeploymentError
+from participant.pinned_clientapp import PIN_ENV
+from participant.pinning import CodePin
+from protocols.errors import ConfigError, DeploymentError
 
 __all__ = [
+    "NodeProcesses",
     "SuperNodePlan",
     "format_node_config",
     "run_with_restarts",
+    "start_node",
+    "superexec_command",
     "supernode_command",
     "supernode_env",
+    "write_pin_runtime",
 ]
 
 log = logging.getLogger("fedadmet.participant.daemon")
 REFUSED_EXIT_CODE = 305
 _LOOPBACK_NO_PROXY = ("127.0.0.1", "localhost", "::1")
+# Every task runner SuperExec may launch (flwr 1.41 TASK_TYPE_TO_COMMAND). A member runs
+# only ClientApps; the others are shadowed by a refusal so no other code path opens.
+_OTHER_RUNNERS = ("flwr-agentapp", "flwr-connector", "flwr-model", "flwr-serverapp",
+                  "flwr-simulation")
 
 
 @dataclass(frozen=True, kw_only=True)
 class SuperNodePlan:
-    """What one SuperNode needs. ``port`` is its local runtime API (distinct per host)."""
+    """What one SuperNode needs. ``port`` is its local runtime API (distinct per host).
+
+    ``code_pin`` is the ClientApp code this member runs (default: only code identical to
+    the installed fedadmet). ``None`` is refused unless ``unsafe_run_unpinned_code``.
+    """
 
     superlink: str
     root_certificates: Path
     node_key: Path
     port: int
     node_config: Mapping[str, str | int | float | bool] = field(default_factory=dict)
-    isolation: str = "subprocess"
+    code_pin: CodePin | None = field(default_factory=CodePin.installed)
+    unsafe_run_unpinned_code: bool = False
     executable: str = "flower-supernode"
+    superexec_executable: str = "flower-superexec"
+
+    def __post_init__(self) -> None:
+        if self.code_pin is None and not self.unsafe_run_unpinned_code:
+            raise ConfigError("code_pin", "no code pin: the participant would run whatever "
+                              "ClientApp code the coordinator sends", got="code_pin=None",
+                              expected="a CodePin", fix="pin the reviewed bundle, or set "
+                              "unsafe_run_unpinned_code=True to accept that risk knowingly")
+        if self.code_pin is not None and self.unsafe_run_unpinned_code:
+            raise ConfigError("unsafe_run_unpinned_code", "contradicts the code pin also given",
+                              got=self.code_pin.describe(), fix="choose one of the two")
+        if not 0 < self.port < 65536:
+            raise ConfigError("port", "local runtime port out of range", got=self.port,
+                              expected="1-65535")
 
 
 def format_node_config(values: Mapping[str, str | int | float | bool]) -> str:
@@ -56,15 +98,23 @@ def format_node_config(values: Mapping[str, str | int | float | bool]) -> str:
     return " ".join(parts)
 
 
-def supernode_command(plan: SuperNodePlan) -> list[str]:
-    """TLS to the coordinator, node-key authentication, local runtime port."""
+def supernode_command(plan: SuperNodePlan, *, secret_file: Path) -> list[str]:
+    """TLS to the coordinator, node-key authentication, our own SuperExec (process)."""
     cmd = [plan.executable, "--superlink", plan.superlink,
            "--root-certificates", str(plan.root_certificates),
            "--auth-supernode-private-key", str(plan.node_key),
-           "--port", str(plan.port), "--isolation", plan.isolation]
+           "--port", str(plan.port), "--isolation", "process",
+           "--superexec-auth-secret-file", str(secret_file)]
     if plan.node_config:
         cmd += ["--node-config", format_node_config(plan.node_config)]
     return cmd
+
+
+def superexec_command(plan: SuperNodePlan, *, secret_file: Path) -> list[str]:
+    """The stock SuperExec on the SuperNode's loopback runtime API; exits with the daemon."""
+    return [plan.superexec_executable, "--insecure",
+            "--runtime-api-address", f"127.0.0.1:{plan.port}",
+            "--superexec-auth-secret-file", str(secret_file), "--parent-pid", str(os.getpid())]
 
 
 def supernode_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -80,18 +130,106 @@ def supernode_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _write_private(path: Path, data: bytes, *, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def write_pin_runtime(pin: CodePin, work_dir: Path, *,
+                      python: str = sys.executable) -> tuple[Path, Path]:
+    """Write ``pin.json`` and the ``bin/`` of runners SuperExec finds first on PATH."""
+    bin_dir = work_dir / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    pin_file = work_dir / "pin.json"
+    _write_private(pin_file, json.dumps(pin.to_mapping(), indent=2).encode(), mode=0o644)
+    runner = (f"#!/bin/sh\nexec {shlex.quote(python)} -I -m participant.pinned_clientapp "
+              '"$@"\n')
+    _write_private(bin_dir / "flwr-clientapp", runner.encode(), mode=0o755)
+    for name in _OTHER_RUNNERS:
+        refusal = (f"#!/bin/sh\necho 'fedadmet: REFUSED to run {name}: a participant runs "
+                   "only pinned ClientApps.' >&2\nexit 1\n")
+        _write_private(bin_dir / name, refusal.encode(), mode=0o755)
+    return pin_file, bin_dir
+
+
+@dataclass
+class NodeProcesses:
+    """The SuperExec and SuperNode of one attempt, each in its own process group."""
+
+    superexec: subprocess.Popen[bytes]
+    supernode: subprocess.Popen[bytes]
+
+    def stop(self, *, timeout_s: float = 10.0) -> None:
+        """SIGTERM each group, then SIGKILL what is left after ``timeout_s``."""
+        for proc in (self.supernode, self.superexec):
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for proc in (self.supernode, self.superexec):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait(timeout=5)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
+def start_node(plan: SuperNodePlan, *, work_dir: Path, log_path: Path,
+               env: Mapping[str, str] | None = None) -> NodeProcesses:
+    """Start SuperExec (with the pin's runners, if pinned) and SuperNode; do not wait."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    base = supernode_env(env)
+    secret_file = work_dir / "superexec.secret"
+    _write_private(secret_file, secrets.token_hex(32).encode(), mode=0o600)
+    exec_env = dict(base)
+    if plan.code_pin is not None:
+        pin_file, bin_dir = write_pin_runtime(plan.code_pin, work_dir)
+        exec_env[PIN_ENV] = str(pin_file)
+        exec_env["PATH"] = os.pathsep.join([str(bin_dir), base.get("PATH", os.defpath)])
+        log.info("ClientApp code is pinned: this participant runs only %s.",
+                 plan.code_pin.describe())
+    else:
+        log.warning("UNSAFE: no code pin (unsafe_run_unpinned_code). This participant will "
+                    "run WHATEVER ClientApp code the coordinator sends, next to your data.")
+    with open(log_path, "ab") as out:
+        superexec = subprocess.Popen(superexec_command(plan, secret_file=secret_file),
+                                     stdout=out, stderr=subprocess.STDOUT, env=exec_env,
+                                     start_new_session=True)
+        try:
+            supernode = subprocess.Popen(supernode_command(plan, secret_file=secret_file),
+                                         stdout=out, stderr=subprocess.STDOUT, env=base,
+                                         start_new_session=True)
+        except OSError:
+            _signal_group(superexec, signal.SIGKILL)
+            raise
+    return NodeProcesses(superexec=superexec, supernode=supernode)
+
+
 def run_with_restarts(plan: SuperNodePlan, *, log_path: Path, max_restarts: int = 5,
                       backoff_s: float = 2.0, max_backoff_s: float = 60.0,
+                      work_dir: Path | None = None,
                       sleep: Callable[[float], None] = time.sleep) -> int:
     """Run the SuperNode; restart on crashes, stop at once if the coordinator refuses us."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    work = work_dir if work_dir is not None else log_path.parent / "supernode-runtime"
     delay = backoff_s
     for attempt in range(max_restarts + 1):
         log.info("Starting the Flower SuperNode (attempt %d of %d), connecting to %s.",
                  attempt + 1, max_restarts + 1, plan.superlink)
-        with open(log_path, "ab") as out:
-            rc = subprocess.call(supernode_command(plan), stdout=out, stderr=subprocess.STDOUT,
-                                 env=supernode_env())
+        node = start_node(plan, work_dir=work, log_path=log_path)
+        try:
+            rc = node.supernode.wait()
+        finally:
+            node.stop()
         if rc == 0:
             log.info("The SuperNode stopped normally.")
             return 0

@@ -1,6 +1,41 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from participant.daemon import SuperNodePlan, format_node_config, supernode_command, supernode_env
+import pytest
+
+from coordinator.pki import create_pki
+from coordinator.superlink import wait_healthy, write_flwr_home
+from participant.daemon import (
+    SuperNodePlan,
+    format_node_config,
+    start_node,
+    superexec_command,
+    supernode_command,
+    supernode_env,
+    write_pin_runtime,
+)
+from participant.keys import create_member_keys
+from participant.pinning import CodePin, bundle_files, code_digest
+from protocols.errors import ConfigError
+
+BIN = Path(sys.executable).parent
+TRIVIAL_APP = Path(__file__).parents[1] / "integration" / "trivial_app"
+REFUSAL = "REFUSED the coordinator's ClientApp bundle"
+
+
+def _plan(tmp_path: Path, **kw: object) -> SuperNodePlan:
+    return SuperNodePlan(superlink="fl.example.org:443", root_certificates=tmp_path / "ca.crt",
+                         node_key=tmp_path / "node_key", port=9101, **kw)  # type: ignore[arg-type]
 
 
 def test_no_proxy_always_covers_loopback_and_keeps_https_proxy() -> None:
@@ -9,12 +44,162 @@ def test_no_proxy_always_covers_loopback_and_keeps_https_proxy() -> None:
     assert env["NO_PROXY"].split(",") == ["corp.internal", "127.0.0.1", "localhost", "::1"]
 
 
-def test_supernode_uses_tls_and_node_key(tmp_path: Path) -> None:
-    cmd = supernode_command(SuperNodePlan(superlink="fl.example.org:443",
-                                          root_certificates=tmp_path / "ca.crt",
-                                          node_key=tmp_path / "node_key", port=9101,
-                                          node_config={"state-dir": '/x "y"', "n": 2}))
+def test_supernode_uses_tls_node_key_and_our_own_superexec(tmp_path: Path) -> None:
+    plan = _plan(tmp_path, node_config={"state-dir": '/x "y"', "n": 2})
+    cmd = supernode_command(plan, secret_file=tmp_path / "s")
     assert "--insecure" not in cmd
     assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(tmp_path / "node_key")
     assert cmd[cmd.index("--port") + 1] == "9101"
+    assert cmd[cmd.index("--isolation") + 1] == "process"
+    assert cmd[cmd.index("--superexec-auth-secret-file") + 1] == str(tmp_path / "s")
+    exec_cmd = superexec_command(plan, secret_file=tmp_path / "s")
+    assert exec_cmd[exec_cmd.index("--runtime-api-address") + 1] == "127.0.0.1:9101"
     assert format_node_config({"state-dir": '/x "y"', "n": 2}) == 'state-dir="/x \\"y\\"" n=2'
+
+
+def test_daemon_is_pinned_to_installed_code_by_default(tmp_path: Path) -> None:
+    assert _plan(tmp_path).code_pin == CodePin.installed()
+
+
+def test_unpinned_daemon_needs_the_unsafe_flag(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="whatever ClientApp code"):
+        _plan(tmp_path, code_pin=None)
+    assert _plan(tmp_path, code_pin=None, unsafe_run_unpinned_code=True).code_pin is None
+    with pytest.raises(ConfigError, match="contradicts the code pin"):
+        _plan(tmp_path, unsafe_run_unpinned_code=True)
+
+
+def test_every_other_task_runner_is_shadowed_by_a_refusal(tmp_path: Path) -> None:
+    pin_file, bin_dir = write_pin_runtime(CodePin.installed(), tmp_path)
+    assert CodePin.from_mapping(json.loads(pin_file.read_text())) == CodePin.installed()
+    for name in ("flwr-serverapp", "flwr-agentapp", "flwr-simulation"):
+        done = subprocess.run([str(bin_dir / name)], capture_output=True, text=True, timeout=10)
+        assert done.returncode != 0 and "REFUSED" in done.stderr
+
+
+def test_clientapp_runner_refuses_runtime_dependency_installation(tmp_path: Path) -> None:
+    _, bin_dir = write_pin_runtime(CodePin.installed(), tmp_path)
+    done = subprocess.run([str(bin_dir / "flwr-clientapp"), "--insecure", "--token", "t",
+                           "--allow-runtime-dependency-installation"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "REFUSED" in done.stderr
+
+
+# ------------------------------------------------------------------ real processes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _marker_app(root: Path, marker: str) -> Path:
+    """The trivial app whose ClientApp touches ``$MARKER_DIR/<marker>`` when imported."""
+    app = root / "app"
+    shutil.copytree(TRIVIAL_APP, app, ignore=shutil.ignore_patterns("__pycache__", "*.fab"))
+    client = app / "trivial_app" / "client_app.py"
+    client.write_text(client.read_text() + (
+        "\nimport os as _os\nfrom pathlib import Path as _Path\n\n"
+        f'_Path(_os.environ["MARKER_DIR"], "{marker}").touch()\n'))
+    return app
+
+
+def _wait_for(predicate: object, *, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@pytest.fixture
+def superlink(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A real TLS SuperLink on loopback with node authentication, as the coordinator runs it."""
+    tls = create_pki(tmp_path / "tls")
+    port = _free_port()
+    log = (tmp_path / "superlink.log").open("ab")
+    proc = subprocess.Popen(
+        [str(BIN / "flower-superlink"), "--host", "127.0.0.1", "--port", str(port),
+         "--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.server_cert),
+         "--ssl-keyfile", str(tls.server_key), "--enable-supernode-auth",
+         "--disable-runtime-dependency-installation"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_HOME": str(tmp_path / "sl")})
+    try:
+        wait_healthy(port=port, ca_cert=tls.ca_cert, timeout_s=30, proc=proc)
+        yield port, tls.ca_cert
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        log.close()
+
+
+def _flwr_run(app: Path, *, flwr_home: Path, result: Path) -> subprocess.Popen[bytes]:
+    cfg = f'num-server-rounds=1 min-nodes=1 round-timeout=20.0 result-file="{result}"'
+    return subprocess.Popen([str(BIN / "flwr"), "run", str(app), "--run-config", cfg],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "FLWR_HOME": str(flwr_home),
+                                 "FLWR_TELEMETRY_ENABLED": "0"}, start_new_session=True)
+
+
+@pytest.mark.integration
+def test_tampered_bundle_is_refused(tmp_path: Path, superlink: tuple[int, Path]) -> None:
+    """Real SuperLink, SuperNode (process isolation) and SuperExec with the pin's runner.
+
+    The reviewed bundle is pinned by code hash and runs; the same bundle with one byte of
+    its ClientApp changed is refused and its code never runs (its marker never appears).
+    """
+    port, ca_cert = superlink
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    good = _marker_app(tmp_path / "good", "ran-A")
+    bad = _marker_app(tmp_path / "bad", "ran-A")
+    bad_client = bad / "trivial_app" / "client_app.py"
+    source = bad_client.read_bytes()
+    bad_client.write_bytes(source.replace(b'"ran-A"', b'"ran-B"'))  # one byte
+    assert sum(a != b for a, b in zip(source, bad_client.read_bytes(), strict=True)) == 1
+
+    subprocess.run([str(BIN / "flwr"), "build", "--app", str(good)], cwd=tmp_path / "good",
+                   check=True, capture_output=True, timeout=60,
+                   env={**os.environ, "FLWR_HOME": str(tmp_path / "build-home")})
+    fab = next((tmp_path / "good").glob("*.fab"))
+    pin = CodePin(code_sha256=frozenset({code_digest(bundle_files(fab.read_bytes()))}))
+    fab.unlink()
+
+    keys = create_member_keys(tmp_path / "keys")
+    plan = SuperNodePlan(superlink=f"127.0.0.1:{port}", root_certificates=ca_cert,
+                         node_key=keys.node_key, port=_free_port(), code_pin=pin,
+                         executable=str(BIN / "flower-supernode"),
+                         superexec_executable=str(BIN / "flower-superexec"))
+    flwr_home = tmp_path / "flwr-home"
+    write_flwr_home(flwr_home, port=port, ca_cert=ca_cert)
+    subprocess.run([str(BIN / "flwr"), "supernode", "register", str(keys.node_pub), "fedadmet",
+                    "--name", "member"], check=True, capture_output=True, timeout=60,
+                   env={**os.environ, "FLWR_HOME": str(flwr_home)})
+    log_path = tmp_path / "supernode.log"
+    node = start_node(plan, work_dir=tmp_path / "runtime", log_path=log_path,
+                      env={**os.environ, "MARKER_DIR": str(markers),
+                           "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"})
+    runs: list[subprocess.Popen[bytes]] = []
+    try:
+        good_result = tmp_path / "good-result.json"
+        runs.append(_flwr_run(good, flwr_home=flwr_home, result=good_result))
+        _wait_for(good_result.exists, timeout_s=60, what="the pinned bundle's run")
+        assert (markers / "ran-A").exists()
+        assert json.loads(good_result.read_text())["final"] == [1.0] * 4
+
+        runs.append(_flwr_run(bad, flwr_home=flwr_home, result=tmp_path / "bad-result.json"))
+        _wait_for(lambda: REFUSAL in log_path.read_text(errors="replace"), timeout_s=60,
+                  what="the refusal log line")
+        time.sleep(1.0)  # a refused runner exits; give a wrongly running one time to show
+        assert not (markers / "ran-B").exists()
+        text = log_path.read_text(errors="replace")
+        assert "trivial_app/client_app.py" not in text or "differs" not in text
+        assert "matches no pinned hash" in text
+    finally:
+        for run in runs:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait(timeout=10)
+        node.stop()
