@@ -143,6 +143,8 @@ class Federation:
         self.prev_hash = GENESIS_HASH
         self.node_ids: dict[str, str] = {}  # node id -> participant fingerprint
         self.last_submitted: dict[str, int] = {}  # fingerprint -> last round it submitted in
+        # a checkpointed round whose evaluation and rounds.jsonl line a crash cut short
+        self.pending: RoundSummary | None = None
         self._resume()
 
     # ---------------------------------------------------------------- resume
@@ -169,7 +171,23 @@ class Federation:
             self.central.load_state_dict(ckpt.extra.get("central_dp", {}))
         self.prev_hash = ckpt.receipt_hash
         self.start_round = ckpt.round + 1
-        log.info("resuming after round %d (receipt %s)", ckpt.round, ckpt.receipt_hash[:12])
+        stored = ckpt.extra.get("summary")
+        if stored is not None and ckpt.round not in self._logged_rounds():
+            self.pending = RoundSummary(**stored)
+        log.info("resuming after round %d (receipt %s)%s", ckpt.round, ckpt.receipt_hash[:12],
+                 "; its evaluation was interrupted and runs again" if self.pending else "")
+
+    def _logged_rounds(self) -> set[int]:
+        path = self.state_dir / "rounds.jsonl"
+        if not path.exists():
+            return set()
+        rounds = set()
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rounds.add(int(json.loads(line)["round"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line torn by a crash mid-write; the round is written again
+        return rounds
 
     # ---------------------------------------------------------------- messages
     def _instruction(self, round: int, node: int, global_digest: str,
@@ -345,15 +363,6 @@ class Federation:
             model_digest_after=new_digest, config_digest=self.cfg.digest(), leaves=leaves,
             coordinator_key=self.key)
         rhash = receipt_hash(receipt)
-        checkpoint.save(self.state_dir, checkpoint.Checkpoint(
-            round=round, weights=new, optimizer=self.opt.state_dict(),
-            rng_state=dict(self.rng.bit_generator.state), receipt_hash=rhash,
-            receipt_bytes=receipt.canonical_bytes(), config_digest=self.cfg.digest(),
-            extra={"node_ids": self.node_ids, "last_submitted": self.last_submitted,
-                   **({"central_dp": self.central.state_dict()} if self.central else {})}))
-        self.log.append(round, receipt.canonical_bytes())
-        self.weights, self.prev_hash = new, rhash
-        evaluation = self._evaluate(round, nodes)
         summary = RoundSummary(
             round=round, accepted=len(accepted),
             rejected=sum(1 for x in leaves if x.status == "rejected"),
@@ -361,18 +370,35 @@ class Federation:
             refused=sum(1 for x in leaves if x.status == "refused"), reasons=reasons,
             model_digest=new_digest, receipt_hash=rhash,
             train={"train-loss": train_sums.get("train-loss", 0.0) / max(total, 1e-12)},
-            evaluate=evaluation,
+            evaluate={},
             max_claimed_epsilon=max((s.claimed_epsilon for _, s, _ in accepted), default=0.0),
             epsilon={fpr: s.claimed_epsilon for fpr, s, _ in accepted},
             central_epsilon=self.central.epsilon() if self.central is not None else None,
             seconds=time.perf_counter() - t0)
+        # The summary rides in the checkpoint so a crash during evaluation loses nothing.
+        checkpoint.save(self.state_dir, checkpoint.Checkpoint(
+            round=round, weights=new, optimizer=self.opt.state_dict(),
+            rng_state=dict(self.rng.bit_generator.state), receipt_hash=rhash,
+            receipt_bytes=receipt.canonical_bytes(), config_digest=self.cfg.digest(),
+            extra={"node_ids": self.node_ids, "last_submitted": self.last_submitted,
+                   "summary": summary.__dict__,
+                   **({"central_dp": self.central.state_dict()} if self.central else {})}))
+        self.log.append(round, receipt.canonical_bytes())
+        self.weights, self.prev_hash = new, rhash
+        return self._finish_round(summary, nodes)
+
+    def _finish_round(self, summary: RoundSummary, nodes: list[int]) -> RoundSummary:
+        """Evaluate the checkpointed model, then log the round (rounds.jsonl, on_round)."""
+        t0 = time.perf_counter()
+        summary.evaluate = self._evaluate(summary.round, nodes)
+        summary.seconds += time.perf_counter() - t0
         with open(self.state_dir / "rounds.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(summary.__dict__, sort_keys=True) + "\n")
         if self.on_round is not None:
-            self.on_round(summary, new)
+            self.on_round(summary, self.weights)
         log.info("round %d: %d accepted, %d rejected, %d dropped, %d refused; eval %s",
-                 round, summary.accepted, summary.rejected, summary.dropped, summary.refused,
-                 {k: round_(v) for k, v in evaluation.items()})
+                 summary.round, summary.accepted, summary.rejected, summary.dropped,
+                 summary.refused, {k: round_(v) for k, v in summary.evaluate.items()})
         return summary
 
     def _evaluate(self, round: int, nodes: list[int]) -> dict[str, float]:
@@ -397,8 +423,15 @@ class Federation:
         return {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
 
     def run(self) -> list[RoundSummary]:
-        """All remaining rounds."""
-        return [self.run_round(r) for r in range(self.start_round, self.cfg.rounds + 1)]
+        """All remaining rounds (first finishing one whose evaluation a crash cut short)."""
+        done: list[RoundSummary] = []
+        if self.pending is not None:
+            online = wait_for_participants(self.grid.get_node_ids,
+                                           min_participants=self.cfg.min_participants,
+                                           timeout=self.cfg.join_timeout)
+            done.append(self._finish_round(self.pending, sorted(online)))
+            self.pending = None
+        return done + [self.run_round(r) for r in range(self.start_round, self.cfg.rounds + 1)]
 
 
 def round_(value: float) -> float:
