@@ -110,7 +110,8 @@ class Federation:
                  members: Mapping[str, Member], initial_weights: Weights,
                  model_spec: Mapping[str, Any], model_spec_digest: str,
                  featurization_spec: Mapping[str, Any], featurization_spec_digest: str,
-                 on_round: Callable[[RoundSummary, Weights], None] | None = None) -> None:
+                 on_round: Callable[[RoundSummary, Weights], None] | None = None,
+                 on_reply: Callable[[str, int, int, int], None] | None = None) -> None:
         self.cfg = cfg
         self.grid = grid
         self.key = signing_key
@@ -120,6 +121,8 @@ class Federation:
         self.featurization_spec = dict(featurization_spec)
         self.featurization_spec_digest = featurization_spec_digest
         self.on_round = on_round
+        # progress only: (kind, round, replies so far, nodes asked); never sees content
+        self.on_reply = on_reply
         self.state_dir = cfg.state_dir
         self.log = ReceiptLog(self.state_dir / "receipts")
         self.opt = make_server_optimizer(
@@ -241,6 +244,8 @@ class Federation:
                     node = pending.pop(mid, reply.metadata.src_node_id)
                     answered.add(node)
                     progressed = True
+                    if self.on_reply is not None:
+                        self.on_reply(kind, round, len(answered), len(nodes))
                     yield node, reply
             left = deadline - time.monotonic()
             if left <= 0:

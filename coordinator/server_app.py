@@ -42,7 +42,8 @@ def model_spec_for(cfg: FederationConfig) -> ModelSpec:
 
 
 def run_federation(cfg: FederationConfig, grid: Grid, *,
-                   on_round: Callable[[RoundSummary, Weights], None] | None = None) -> None:
+                   on_round: Callable[[RoundSummary, Weights], None] | None = None,
+                   on_reply: Callable[[str, int, int, int], None] | None = None) -> None:
     """Build and run (or resume) the federation described by ``cfg``."""
     if cfg.signing_key is None or cfg.members_file is None:
         raise ConfigError("federation.signing-key / members", "both are required",
@@ -65,7 +66,7 @@ def run_federation(cfg: FederationConfig, grid: Grid, *,
         members=load_members(cfg.members_file), initial_weights=initial,
         model_spec=mspec.to_dict(), model_spec_digest=mspec.digest(),
         featurization_spec=fspec.to_dict(), featurization_spec_digest=fspec.digest(),
-        on_round=after_round)
+        on_round=after_round, on_reply=on_reply)
     try:
         federation.run()
     except BaseException:
@@ -77,7 +78,8 @@ def run_federation(cfg: FederationConfig, grid: Grid, *,
 
 
 def make_server_app(cfg: FederationConfig | None = None, *,
-                    on_round: Callable[[RoundSummary, Weights], None] | None = None) -> ServerApp:
+                    on_round: Callable[[RoundSummary, Weights], None] | None = None,
+                    on_reply: Callable[[str, int, int, int], None] | None = None) -> ServerApp:
     """A ServerApp bound to ``cfg``, or reading ``config`` from Flower run config."""
     server = ServerApp()
 
@@ -90,7 +92,7 @@ def make_server_app(cfg: FederationConfig | None = None, *,
                 raise ConfigError("run-config.config", "missing",
                                   expected='flwr run ... -c \'config="/srv/federation.toml"\'')
             config = FederationConfig.load(path)
-        run_federation(config, grid, on_round=on_round)
+        run_federation(config, grid, on_round=on_round, on_reply=on_reply)
 
     return server
 

@@ -129,6 +129,12 @@ def simulate(
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[last]}"),
                   TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("rounds", total=sc.rounds * len(sc.seeds) * len(runs), last="")
+        partners = bar.add_task("partners", total=sc.partners, last="")
+
+        def on_reply(kind: str, round_: int, replied: int, asked: int) -> None:
+            bar.update(partners, completed=replied, total=asked,
+                       description=f"partners ({kind}, round {round_})",
+                       last=f"{replied}/{asked} replied")
 
         def on_round(summary: object) -> None:
             ev = getattr(summary, "evaluate", {})
@@ -139,7 +145,8 @@ def simulate(
         for run in runs:
             target = out / _eps_dir(run.epsilon) if len(runs) > 1 else out
             bar.update(task, description=f"rounds ({run.private_label})")
-            results.append(run_scenario(run, target, cache=cache_dir, progress=on_round))
+            results.append(run_scenario(run, target, cache=cache_dir, progress=on_round,
+                                        on_reply=on_reply))
     if len(runs) > 1:
         files = write_sweep_report(results, out)
         console.print((out / "sweep.md").read_text(encoding="utf-8"))

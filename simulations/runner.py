@@ -150,7 +150,7 @@ def prepare_seed(scenario: Scenario, root: Path, *, seed: int, cache: Path) -> S
                    federation=FederationConfig.load(fed_path), participant_configs=configs)
 
 
-def run_seed(run: SeedRun, *, on_round: Any = None) -> SeedRun:
+def run_seed(run: SeedRun, *, on_round: Any = None, on_reply: Any = None) -> SeedRun:
     """Run (or resume) the federation for one prepared seed in Flower's simulation engine."""
     from flwr.simulation import run_simulation
 
@@ -166,7 +166,7 @@ def run_seed(run: SeedRun, *, on_round: Any = None) -> SeedRun:
     t0 = time.perf_counter()
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     run_simulation(
-        server_app=make_server_app(run.federation, on_round=record),
+        server_app=make_server_app(run.federation, on_round=record, on_reply=on_reply),
         client_app=make_client_app(PartitionConfigs(run.participant_configs)),
         num_supernodes=len(run.partners),
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -184,7 +184,7 @@ def run_seed(run: SeedRun, *, on_round: Any = None) -> SeedRun:
 
 
 def run_scenario(scenario: Scenario, out_dir: Path, *, cache: Path,
-                 progress: Any = None) -> dict[str, Any]:
+                 progress: Any = None, on_reply: Any = None) -> dict[str, Any]:
     """All seeds: federate, compare the four arms, and return the results dict."""
     from chem.models import ModelSpec
     from coordinator.server_app import model_spec_for
@@ -197,7 +197,7 @@ def run_scenario(scenario: Scenario, out_dir: Path, *, cache: Path,
     seeds: list[dict[str, Any]] = []
     for seed in scenario.seeds:
         run = prepare_seed(scenario, out_dir / f"seed-{seed}", seed=seed, cache=cache)
-        run_seed(run, on_round=progress)
+        run_seed(run, on_round=progress, on_reply=on_reply)
         state = run.federation.state_dir
         with np.load(state / "global_model.npz") as npz:
             weights = {k: npz[k] for k in npz.files}

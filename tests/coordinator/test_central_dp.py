@@ -197,12 +197,15 @@ def test_central_dp_round_loop_reports_epsilon_next_to_participants(tmp_path: Pa
     toml.write_text(text + f"\n[central-dp]\nenabled = true\nnoise-multiplier = {z}\n"
                     "clipping-norm = 5.0\n", encoding="utf-8")
     run.federation = FederationConfig.load(toml)
-    run_seed(run)
+    progress: list[tuple[str, int, int, int]] = []  # what the CLI's partner bar is fed
+    run_seed(run, on_reply=lambda *event: progress.append(event))
 
     delta = run.federation.privacy.delta
     expected = [min(t * a / (2 * z * z) - (math.log(delta) + math.log(a)) / (a - 1)
                     + math.log((a - 1) / a) for a in OPACUS_ALPHAS) for t in (1, 2)]
     assert [r["round"] for r in run.rounds] == [1, 2]
+    assert sorted(progress) == [(kind, r, n, 2) for kind in ("evaluate", "train")
+                                for r in (1, 2) for n in (1, 2)]
     for r, eps in zip(run.rounds, expected, strict=True):
         assert r["central_epsilon"] == pytest.approx(eps, rel=1e-9)
         assert len(r["epsilon"]) == 2 and all(v > 0 for v in r["epsilon"].values())
