@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from participant.pinning import BundleRefused, CodePin, PinDecision, decide
+from protocols.errors import FedAdmetError
 
 __all__ = ["PIN_ENV", "RUNTIME_INSTALL_FLAG", "installed_digests", "main"]
 
@@ -65,6 +66,7 @@ def _guard(run_clientapp_module: Any, pin: CodePin) -> None:
     pull: Callable[..., tuple[Any, Any, Any, Any]] = run_clientapp_module.pull_task_input
     install: Callable[..., Path] = run_clientapp_module.install_from_fab
     accepted: list[bytes] = []
+    refusals: list[str] = []
 
     def pull_and_check(client: Any) -> tuple[Any, Any, Any, Any]:
         message, context, run, fab = pull(client)
@@ -81,8 +83,6 @@ def _guard(run_clientapp_module: Any, pin: CodePin) -> None:
                       "Nothing of it was installed or run.", where, decision.reason)
             refusals.append(decision.reason)
         return message, context, run, fab
-
-    refusals: list[str] = []
 
     def install_if_accepted(fab_file: Path | bytes, *args: Any, **kwargs: Any) -> Path:
         if not any(fab_file is ok for ok in accepted):
@@ -103,7 +103,12 @@ def main() -> None:
         log.error("fedadmet: REFUSED to run a ClientApp with runtime dependency installation: "
                   "it would install packages the coordinator's bundle names.")
         sys.exit(2)
-    pin = _load_pin()
+    try:
+        pin = _load_pin()
+    except (FedAdmetError, OSError, ValueError) as exc:
+        log.error("fedadmet: REFUSED to run any ClientApp: the code pin cannot be read (%s).",
+                  exc)
+        sys.exit(2)
     home = tempfile.mkdtemp(prefix="fedadmet-clientapp-")
     os.environ["FLWR_HOME"] = home
     try:

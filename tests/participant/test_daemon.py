@@ -77,6 +77,15 @@ def test_every_other_task_runner_is_shadowed_by_a_refusal(tmp_path: Path) -> Non
         assert done.returncode != 0 and "REFUSED" in done.stderr
 
 
+def test_clientapp_runner_without_a_readable_pin_runs_nothing(tmp_path: Path) -> None:
+    pin_file, bin_dir = write_pin_runtime(CodePin.installed(), tmp_path)
+    pin_file.write_text("{}")  # a pin that accepts nothing
+    done = subprocess.run([str(bin_dir / "flwr-clientapp"), "--insecure", "--token", "t"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "FEDADMET_CODE_PIN": str(pin_file)})
+    assert done.returncode == 2 and "code pin cannot be read" in done.stderr
+
+
 def test_clientapp_runner_refuses_runtime_dependency_installation(tmp_path: Path) -> None:
     _, bin_dir = write_pin_runtime(CodePin.installed(), tmp_path)
     done = subprocess.run([str(bin_dir / "flwr-clientapp"), "--insecure", "--token", "t",
@@ -191,13 +200,14 @@ def test_tampered_bundle_is_refused(tmp_path: Path, superlink: tuple[int, Path])
         assert json.loads(good_result.read_text())["final"] == [1.0] * 4
 
         runs.append(_flwr_run(bad, flwr_home=flwr_home, result=tmp_path / "bad-result.json"))
-        _wait_for(lambda: REFUSAL in log_path.read_text(errors="replace"), timeout_s=60,
-                  what="the refusal log line")
+        _wait_for(lambda: REFUSAL in log_path.read_text(errors="replace")
+                  or (markers / "ran-B").exists(), timeout_s=60, what="the tampered run")
         time.sleep(1.0)  # a refused runner exits; give a wrongly running one time to show
-        assert not (markers / "ran-B").exists()
+        assert not (markers / "ran-B").exists(), "the tampered ClientApp code ran"
+        assert REFUSAL in log_path.read_text(errors="replace")
         text = log_path.read_text(errors="replace")
-        assert "trivial_app/client_app.py" not in text or "differs" not in text
         assert "matches no pinned hash" in text
+        assert text.count("Successfully installed trivial-app") == 1  # the pinned one only
     finally:
         for run in runs:
             os.killpg(run.pid, signal.SIGKILL)
