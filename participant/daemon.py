@@ -8,7 +8,9 @@ is unpacked or run. Pinned to the installed fedadmet by default; running unpinne
 ``unsafe_run_unpinned_code=True`` and is logged loudly.
 
 Restarts are bounded with exponential backoff; every line logged is plain language.
-Exit code 305 means the SuperLink refused the connection (unregistered key, TLS).
+Flower code 305 means the SuperLink refused the connection (unregistered key, TLS). flwr
+1.41 exits with status 1 for every error and only logs ``Exit Code: 305``, so the code is
+read from what the attempt wrote to the log.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -34,6 +37,7 @@ from protocols.errors import ConfigError, DeploymentError
 __all__ = [
     "NodeProcesses",
     "SuperNodePlan",
+    "flower_exit_code",
     "format_node_config",
     "run_with_restarts",
     "start_node",
@@ -45,6 +49,7 @@ __all__ = [
 
 log = logging.getLogger("fedadmet.participant.daemon")
 REFUSED_EXIT_CODE = 305
+_FLOWER_EXIT = re.compile(r"Exit Code: (\d+)")
 _LOOPBACK_NO_PROXY = ("127.0.0.1", "localhost", "::1")
 # Every task runner SuperExec may launch (flwr 1.41 TASK_TYPE_TO_COMMAND). A member runs
 # only ClientApps; the others are shadowed by a refusal so no other code path opens.
@@ -215,6 +220,12 @@ def start_node(plan: SuperNodePlan, *, work_dir: Path, log_path: Path,
     return NodeProcesses(superexec=superexec, supernode=supernode)
 
 
+def flower_exit_code(log_text: str, returncode: int) -> int:
+    """Flower's own exit code (last ``Exit Code: N`` logged), else the process status."""
+    codes = _FLOWER_EXIT.findall(log_text)
+    return int(codes[-1]) if codes and returncode != 0 else returncode
+
+
 def run_with_restarts(plan: SuperNodePlan, *, log_path: Path, max_restarts: int = 5,
                       backoff_s: float = 2.0, max_backoff_s: float = 60.0,
                       work_dir: Path | None = None,
@@ -225,11 +236,15 @@ def run_with_restarts(plan: SuperNodePlan, *, log_path: Path, max_restarts: int 
     for attempt in range(max_restarts + 1):
         log.info("Starting the Flower SuperNode (attempt %d of %d), connecting to %s.",
                  attempt + 1, max_restarts + 1, plan.superlink)
+        offset = log_path.stat().st_size if log_path.exists() else 0
         node = start_node(plan, work_dir=work, log_path=log_path)
         try:
-            rc = node.supernode.wait()
+            status = node.supernode.wait()
         finally:
             node.stop()
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            rc = flower_exit_code(f.read().decode("utf-8", "replace"), status)
         if rc == 0:
             log.info("The SuperNode stopped normally.")
             return 0

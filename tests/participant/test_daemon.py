@@ -17,6 +17,7 @@ from coordinator.pki import create_pki
 from coordinator.superlink import wait_healthy, write_flwr_home
 from participant.daemon import (
     SuperNodePlan,
+    flower_exit_code,
     format_node_config,
     start_node,
     superexec_command,
@@ -26,7 +27,7 @@ from participant.daemon import (
 )
 from participant.keys import create_member_keys
 from participant.pinning import CodePin, bundle_files, code_digest
-from protocols.errors import ConfigError
+from protocols.errors import ConfigError, DeploymentError
 
 BIN = Path(sys.executable).parent
 TRIVIAL_APP = Path(__file__).parents[1] / "integration" / "trivial_app"
@@ -92,6 +93,60 @@ def test_clientapp_runner_refuses_runtime_dependency_installation(tmp_path: Path
                            "--allow-runtime-dependency-installation"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "REFUSED" in done.stderr
+
+
+def _script(path: Path, body: str) -> str:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_restarts_are_bounded_and_each_attempt_stops_its_superexec(tmp_path: Path) -> None:
+    from participant.daemon import run_with_restarts
+
+    seen = tmp_path / "seen"
+    node = _script(tmp_path / "node", f'echo "$NO_PROXY $HTTPS_PROXY" >> {seen}\nexit 1\n')
+    exe = _script(tmp_path / "exec", f'echo "$$ $FEDADMET_CODE_PIN" >> {seen}.exec\n'
+                  "command -v flwr-clientapp >> " + f"{seen}.exec\nexec sleep 60\n")
+    plan = SuperNodePlan(superlink="127.0.0.1:1", root_certificates=tmp_path / "ca.crt",
+                         node_key=tmp_path / "k", port=9101, executable=node,
+                         superexec_executable=exe)
+    sleeps: list[float] = []
+    os.environ["HTTPS_PROXY"] = "http://proxy:3128"
+    try:
+        with pytest.raises(DeploymentError, match="kept failing"):
+            run_with_restarts(plan, log_path=tmp_path / "state" / "supernode.log",
+                              max_restarts=2, backoff_s=1.0, sleep=sleeps.append)
+    finally:
+        del os.environ["HTTPS_PROXY"]
+    assert sleeps == [1.0, 2.0, 4.0]
+    assert seen.read_text().count("127.0.0.1,localhost,::1 http://proxy:3128") == 3
+    lines = Path(f"{seen}.exec").read_text().splitlines()
+    pids = [int(line.split()[0]) for line in lines[::2]]
+    assert len(pids) == 3 and lines[0].split()[1].endswith("pin.json")
+    assert lines[1] == str(tmp_path / "state" / "supernode-runtime" / "bin" / "flwr-clientapp")
+    for pid in pids:  # each attempt's SuperExec was stopped with its SuperNode
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_refused_connection_stops_at_once(tmp_path: Path) -> None:
+    """flwr 1.41 exits 1 and logs ``Exit Code: 305`` when the SuperLink refuses the node."""
+    from participant.daemon import run_with_restarts
+
+    assert flower_exit_code("x\nExit Code: 305\n", 1) == 305
+    assert flower_exit_code("Exit Code: 305\n", 0) == 0
+    assert flower_exit_code("no code\n", 1) == 1
+
+    plan = SuperNodePlan(superlink="127.0.0.1:1", root_certificates=tmp_path / "ca.crt",
+                         node_key=tmp_path / "k", port=9101,
+                         executable=_script(tmp_path / "node", "echo 'Exit Code: 1'\n"
+                                            "echo 'Exit Code: 305'\nexit 1\n"),
+                         superexec_executable=_script(tmp_path / "exec", "exec sleep 60\n"))
+    sleeps: list[float] = []
+    with pytest.raises(DeploymentError, match="refused this participant"):
+        run_with_restarts(plan, log_path=tmp_path / "supernode.log", sleep=sleeps.append)
+    assert sleeps == []
 
 
 # ------------------------------------------------------------------ real processes
@@ -213,3 +268,22 @@ def test_tampered_bundle_is_refused(tmp_path: Path, superlink: tuple[int, Path])
             os.killpg(run.pid, signal.SIGKILL)
             run.wait(timeout=10)
         node.stop()
+
+
+@pytest.mark.integration
+def test_unenrolled_node_key_stops_the_daemon_at_once(tmp_path: Path,
+                                                       superlink: tuple[int, Path]) -> None:
+    """A real SuperNode whose key the coordinator never enrolled: no restart loop."""
+    from participant.daemon import run_with_restarts
+
+    port, ca_cert = superlink
+    keys = create_member_keys(tmp_path / "keys")
+    plan = SuperNodePlan(superlink=f"127.0.0.1:{port}", root_certificates=ca_cert,
+                         node_key=keys.node_key, port=_free_port(),
+                         executable=str(BIN / "flower-supernode"),
+                         superexec_executable=str(BIN / "flower-superexec"))
+    sleeps: list[float] = []
+    started = time.monotonic()
+    with pytest.raises(DeploymentError, match="refused this participant"):
+        run_with_restarts(plan, log_path=tmp_path / "supernode.log", sleep=sleeps.append)
+    assert sleeps == [] and time.monotonic() - started < 60
