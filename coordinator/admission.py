@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from protocols.canonical import tensors_digest
-from protocols.errors import SignatureError
+from protocols.canonical import canonical_json, sha256_hex, tensors_digest
+from protocols.errors import MessageValidationError, SignatureError
 from protocols.messages import UpdateSubmission
 from protocols.signing import Ed25519PublicKey, verify
 
@@ -49,6 +49,9 @@ class AdmissionPolicy:
     """Bounds from the federation config."""
 
     max_update_norm: float
+    # Under example-count weighting a member's weight is the count it claims, so an
+    # unbounded claim would let one member outvote everyone else.
+    max_num_examples: int = 1_000_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,8 +86,14 @@ class Rejected:
 
 
 def admit(submission: UpdateSubmission, delta: Mapping[str, np.ndarray], *,
-          policy: AdmissionPolicy, expected: RoundExpectations) -> Admitted | Rejected:
-    """Decide on one submission. Pure: no I/O, no exceptions for bad input."""
+          policy: AdmissionPolicy, expected: RoundExpectations,
+          metrics: Mapping[str, float] | None = None) -> Admitted | Rejected:
+    """Decide on one submission. Pure: no I/O, no exceptions for bad input.
+
+    ``metrics`` are the reply's aggregate metrics; when given they must match the
+    signed ``metrics_digest``, and the per-endpoint counts (``n.<endpoint>``) that
+    weight the heads must be finite and no larger than ``num_examples``.
+    """
     member = expected.members.get(submission.participant_fingerprint)
     if member is None:
         return Rejected(reason="not-enrolled",
@@ -131,6 +140,24 @@ def admit(submission: UpdateSubmission, delta: Mapping[str, np.ndarray], *,
     if norm > policy.max_update_norm:
         return Rejected(reason="norm-exceeded",
                         detail=f"L2 norm {norm:.4g} > bound {policy.max_update_norm:.4g}")
+    if submission.num_examples > policy.max_num_examples:
+        return Rejected(reason="num-examples-exceeded",
+                        detail=f"claims {submission.num_examples} examples > bound "
+                        f"{policy.max_num_examples} (admission.max-num-examples)")
+    if metrics is not None:
+        try:
+            digest = sha256_hex(canonical_json(dict(metrics)))
+        except MessageValidationError as exc:  # NaN, Inf: no canonical form
+            return Rejected(reason="non-finite", detail=f"metrics: {exc.message}")
+        if digest != submission.metrics_digest:
+            return Rejected(reason="metrics-digest-mismatch",
+                            detail="metrics do not match the signed metrics digest")
+        for key, value in metrics.items():
+            if key.startswith("n.") and not (math.isfinite(value)
+                                             and 0 <= value <= submission.num_examples):
+                return Rejected(reason="inconsistent-counts",
+                                detail=f"{key} = {value} outside [0, num_examples = "
+                                f"{submission.num_examples}]")
     if submission.claimed_epsilon > member.max_epsilon:
         return Rejected(reason="over-budget",
                         detail=f"claimed ε {submission.claimed_epsilon:.3f} > declared "

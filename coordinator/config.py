@@ -85,6 +85,7 @@ class AdmissionConfig:
     """Bounds every submitted delta must respect."""
 
     max_update_norm: float = 100.0
+    max_num_examples: int = 1_000_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,9 +165,7 @@ class FederationConfig:
             model=_model(root.table("model")),
             privacy=_privacy(root.table("privacy")),
             server_optimizer=_server_opt(root.table("server-optimizer")),
-            admission=AdmissionConfig(
-                max_update_norm=root.table("admission").number(
-                    "max-update-norm", 100.0, min=0.0, min_exclusive=True)),
+            admission=_admission(root.table("admission")),
             central_dp=_central_dp(root.table("central-dp")),
         )
         fed.finish()
@@ -266,6 +265,14 @@ def _server_opt(t: Table) -> ServerOptimizerConfig:
         beta2=t.number("beta2", 0.99, min=0.0, max=1.0),
         tau=t.number("tau", 1e-3, min=0.0, min_exclusive=True),
     )
+    t.finish()
+    return cfg
+
+
+def _admission(t: Table) -> AdmissionConfig:
+    cfg = AdmissionConfig(
+        max_update_norm=t.number("max-update-norm", 100.0, min=0.0, min_exclusive=True),
+        max_num_examples=t.integer("max-num-examples", 1_000_000, min=1))
     t.finish()
     return cfg
 

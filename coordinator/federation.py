@@ -274,7 +274,8 @@ class Federation:
         expected = RoundExpectations(federation_id=self.cfg.federation_id, round=round,
                                      base_model_digest=base_digest, shapes=shapes,
                                      members=self.members)
-        policy = AdmissionPolicy(max_update_norm=self.cfg.admission.max_update_norm)
+        policy = AdmissionPolicy(max_update_norm=self.cfg.admission.max_update_norm,
+                                 max_num_examples=self.cfg.admission.max_num_examples)
         leaves: list[ReceiptLeaf] = []
         reasons: dict[str, str] = {}
         accepted: list[tuple[str, Any, float]] = []
@@ -308,7 +309,8 @@ class Federation:
                 continue
             sub = decoded.submission
             assert sub is not None
-            decision = admit(sub, decoded.delta, policy=policy, expected=expected)
+            decision = admit(sub, decoded.delta, policy=policy, expected=expected,
+                             metrics=decoded.metrics)
             if not isinstance(decision, Admitted):
                 leaves.append(ReceiptLeaf(
                     participant_fingerprint=sub.participant_fingerprint, status="rejected",

@@ -14,7 +14,7 @@ from coordinator.admission import (
     admit,
     admit_many,
 )
-from protocols.canonical import tensors_digest
+from protocols.canonical import canonical_json, sha256_hex, tensors_digest
 from protocols.messages import UpdateSubmission
 from protocols.signing import Ed25519PrivateKey, fingerprint, sign
 
@@ -150,6 +150,50 @@ def test_model_poisoning_by_oversized_update_is_rejected() -> None:
 def test_participant_over_declared_budget_is_rejected() -> None:
     delta = _delta()
     assert _reason(_decide(_submit(delta, claimed_epsilon=9.5), delta)) == "over-budget"
+
+
+def test_inflated_example_count_to_outvote_others_is_rejected() -> None:
+    delta = _delta()
+    sub = _submit(delta, num_examples=10**9)
+    assert _reason(_decide(sub, delta)) == "num-examples-exceeded"
+    policy = AdmissionPolicy(max_update_norm=1.0, max_num_examples=10**9)
+    assert isinstance(admit(sub, delta, policy=policy, expected=_expect()), Admitted)
+
+
+def _with_metrics(delta: dict[str, np.ndarray], metrics: dict[str, float]
+                  ) -> UpdateSubmission:
+    return _submit(delta, metrics_digest=sha256_hex(canonical_json(metrics)))
+
+
+def test_honest_metrics_matching_the_signed_digest_are_admitted() -> None:
+    delta, metrics = _delta(), {"n.logd": 50.0, "train-loss": 0.5}
+    result = admit(_with_metrics(delta, metrics), delta, metrics=metrics,
+                   policy=AdmissionPolicy(max_update_norm=1.0), expected=_expect())
+    assert isinstance(result, Admitted)
+
+
+def test_metrics_swapped_after_signing_are_rejected() -> None:
+    delta = _delta()
+    sub = _with_metrics(delta, {"n.logd": 50.0, "train-loss": 0.5})
+    result = admit(sub, delta, metrics={"n.logd": 50.0, "train-loss": 0.1},
+                   policy=AdmissionPolicy(max_update_norm=1.0), expected=_expect())
+    assert _reason(result) == "metrics-digest-mismatch"
+
+
+@pytest.mark.parametrize("count", [51.0, -1.0])
+def test_head_weight_inflation_by_endpoint_count_is_rejected(count: float) -> None:
+    # n.<endpoint> weights that endpoint's head: more labels than examples is a lie
+    delta, metrics = _delta(), {"n.logd": count}
+    result = admit(_with_metrics(delta, metrics), delta, metrics=metrics,
+                   policy=AdmissionPolicy(max_update_norm=1.0), expected=_expect())
+    assert _reason(result) == "inconsistent-counts"
+
+
+def test_non_finite_metrics_are_rejected_not_raised() -> None:
+    delta = _delta()
+    result = admit(_submit(delta), delta, metrics={"n.logd": float("nan")},
+                   policy=AdmissionPolicy(max_update_norm=1.0), expected=_expect())
+    assert _reason(result) == "non-finite"
 
 
 def test_double_submission_to_double_weight_is_rejected() -> None:
