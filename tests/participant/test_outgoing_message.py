@@ -1,0 +1,168 @@
+"""What a site sends in a train round: no SMILES, nothing of per-example size.
+
+The real ClientApp (``participant.client_app.make_client_app``) runs in-process on
+a real site (a few hundred molecules, DP-SGD on), exactly as Flower 1.41 calls it:
+``client_app(message, context)``. The reply is then walked record by record and,
+as Flower serialises it for the wire, object by object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.task_identity import TaskIdentity
+
+from chem.models import build_model, shared_parameter_names
+from chem.standardize import standardize_many
+from participant.client_app import make_client_app
+from participant.data import load_site_data
+from participant.heads import PrivateHeadStore
+from protocols import flower_codec as codec
+from tests.participant.site_factory import SiteKit, make_site
+
+# Shorter SMILES ("CC", "CCO") occur by chance in base64 signatures and float bytes;
+# every molecule at least this long is searched for verbatim.
+MIN_SEARCHED_SMILES = 6
+
+
+def _findings(content: RecordDict, wire: Iterable[bytes], *, smiles: set[str],
+              private_names: set[str], sizes: set[int],
+              shared_shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """Everything in a reply that looks like a leak, as readable lines (empty: clean)."""
+    out: list[str] = []
+    needles = sorted(s for s in smiles | private_names if len(s) >= MIN_SEARCHED_SMILES)
+
+    def text(where: str, value: str) -> None:
+        out.extend(f"{where}: contains {s!r}" for s in needles if s in value)
+
+    for key, record in content.items():
+        text(f"record name {key}", key)
+        if isinstance(record, ArrayRecord):
+            for name in record:
+                text(f"array name {key}/{name}", name)
+                arr = record[name].numpy()
+                declared = shared_shapes.get(name) == tuple(arr.shape)
+                if not declared:
+                    out.append(f"array {key}/{name} {arr.shape} is not a declared shared "
+                               "parameter")
+                for n in sizes:
+                    if n in arr.shape:
+                        out.append(f"array {key}/{name} {arr.shape} has a dimension of {n}")
+                    elif arr.size % n == 0 and not declared:
+                        out.append(f"array {key}/{name} size {arr.size} is a multiple of {n}")
+        elif isinstance(record, ConfigRecord):
+            for name in record:
+                text(f"config key {key}/{name}", name)
+                text(f"config value {key}/{name}", str(record[name]))
+        else:  # MetricRecord: the only other record type a RecordDict holds
+            assert isinstance(record, MetricRecord)
+            for name in record:
+                text(f"metric key {key}/{name}", name)
+                value = record[name]
+                if isinstance(value, list):
+                    out.append(f"metric {key}/{name} is a list of {len(value)}")
+    for i, blob in enumerate(wire):
+        out.extend(f"serialised object {i}: contains {s!r}" for s in needles
+                   if s.encode("utf-8") in blob)
+    return out
+
+
+def _train_reply(kit: SiteKit) -> tuple[Message, Message]:
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    cfg = kit.config
+    client = make_client_app(lambda _context: cfg)
+    msg = Message(codec.encode_instruction(kit.instruction(), kit.global_weights),
+                  dst_node_id=7, message_type="train")
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    return msg, client(msg, context)
+
+
+@pytest.fixture(scope="module")
+def site_reply(tmp_path_factory: pytest.TempPathFactory) -> tuple[SiteKit, Message]:
+    kit = make_site(tmp_path_factory.mktemp("site"), n=300)
+    return kit, _train_reply(kit)[1]
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the site holds: its molecules, its example counts, the declared shared set."""
+
+    smiles: set[str]
+    sizes: set[int]
+    shared_shapes: dict[str, tuple[int, ...]]
+    private_names: set[str]
+
+
+def _expectations(kit: SiteKit) -> Expected:
+    cfg = kit.config
+    data = load_site_data(cfg, kit.featurization_spec)
+    raw = {str(s) for s in kit.data["smiles"]}
+    std = set(standardize_many(list(raw)).smiles)
+    sizes = {data.n_train, len(data.x_valid), data.n_train + len(data.x_valid), len(kit.data)}
+    shared = shared_parameter_names(build_model(kit.model_spec),
+                                    kit.model_spec.endpoint_names)
+    shapes = {k: tuple(v.shape) for k, v in kit.global_weights.items() if k in shared}
+    return Expected(smiles=raw | std, sizes=sizes, shared_shapes=shapes,
+                    private_names={e for e in cfg.data.endpoint_names
+                                   if e not in kit.model_spec.endpoint_names})
+
+
+def test_train_reply_leaks_no_smiles_or_per_example_data(
+        site_reply: tuple[SiteKit, Message]) -> None:
+    kit, reply = site_reply
+    assert not reply.has_error(), reply.error
+    decoded = codec.decode_train_reply(reply.content)
+    assert decoded.refusal is None and decoded.submission is not None
+    exp = _expectations(kit)
+    assert min(exp.sizes) > 30 and len(exp.smiles) >= 250
+    assert exp.private_names == {"private_assay"}
+    # the update is exactly the declared shared set, trained (not all zero)
+    assert set(decoded.delta) == set(exp.shared_shapes)
+    assert any(np.abs(v).sum() > 0 for v in decoded.delta.values())
+    assert decoded.submission.num_examples in exp.sizes
+    wire = [obj.deflate() for obj in get_all_nested_objects(reply).values()]
+    # the scan saw the float bytes of the whole delta, not just headers
+    assert sum(len(b) for b in wire) > 4 * sum(v.size for v in decoded.delta.values())
+    found = _findings(reply.content, wire, smiles=exp.smiles, private_names=exp.private_names,
+                      sizes=exp.sizes, shared_shapes=exp.shared_shapes)
+    assert found == []
+
+
+def test_leak_scan_catches_a_planted_smiles_and_a_per_example_array(
+        site_reply: tuple[SiteKit, Message]) -> None:
+    """The scan above can fail: a SMILES in the metrics, in a config value, or a
+    per-example array next to the delta are each reported."""
+    kit, reply = site_reply
+    exp = _expectations(kit)
+    smiles = sorted(s for s in exp.smiles if len(s) >= 12)[0]
+    n_train = min(exp.sizes)
+    decoded = codec.decode_train_reply(reply.content)
+    assert decoded.submission is not None
+    planted = {
+        "metric": codec.encode_train_reply(decoded.submission, decoded.delta,
+                                           {**decoded.metrics, f"loss.{smiles}": 1.0}),
+        "per-example": codec.encode_train_reply(
+            decoded.submission, {**decoded.delta, "trunk.0.losses": np.zeros(n_train)},
+            decoded.metrics),
+        "config": RecordDict({**reply.content, "extra": ConfigRecord({"note": smiles})}),
+    }
+    for what, content in planted.items():
+        message = Message(content, dst_node_id=1, message_type="train")
+        wire = [o.deflate() for o in get_all_nested_objects(message).values()]
+        found = _findings(content, wire, smiles=exp.smiles, private_names=set(),
+                          sizes=exp.sizes, shared_shapes=exp.shared_shapes)
+        assert found, what
+
+
+def test_private_head_stays_on_site(site_reply: tuple[SiteKit, Message]) -> None:
+    """The private head was trained and stored locally, and is absent from the reply."""
+    kit, reply = site_reply
+    heads = PrivateHeadStore(kit.config.state_dir).load()
+    assert set(heads) == {"heads.private_assay.weight", "heads.private_assay.bias"}
+    delta = codec.decode_train_reply(reply.content).delta
+    assert not any(k.startswith("heads.private_assay") for k in delta)
