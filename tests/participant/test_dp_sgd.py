@@ -102,3 +102,102 @@ def test_training_reduces_loss_at_low_noise() -> None:
              lambda idx: x[idx], noise_multiplier=0.1, max_grad_norm=5.0, sample_rate=0.1,
              steps=200, optimizer=opt, generator=torch.Generator().manual_seed(1))
     assert masked_loss(model(x), y, mask, spec).item() < 0.5 * before
+
+
+def _opacus_clipped_mean(model: nn.Module, spec: ModelSpec, x: torch.Tensor, y: torch.Tensor,
+                         mask: torch.Tensor, clip: float) -> dict[str, torch.Tensor]:
+    reference = GradSampleModule(model, loss_reduction="sum")
+    masked_loss(reference(x), y, mask, spec, reduction="none").sum().backward()  # type: ignore[no-untyped-call]
+    samples = {name.removeprefix("_module."): p.grad_sample
+               for name, p in reference.named_parameters()}
+    n = x.shape[0]
+    norms = torch.stack([g.reshape(n, -1).norm(dim=1) for g in samples.values()], 1).norm(dim=1)
+    factor = (clip / (norms + 1e-6)).clamp(max=1.0)
+    return {k: torch.einsum("i,i...->...", factor, g) / n for k, g in samples.items()}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_noiseless_step_moves_by_opacus_clipped_mean(threads: int) -> None:
+    # Sample rate 1 takes every example, so the step is -lr * (sum of clipped grads) / n,
+    # written by dp_train's in-place update path (with and without the noise thread).
+    spec = _spec(7, (6, 5))
+    x, y, mask = _batch(12, 7, 5)
+    model = build_model(spec, seed=1).double()
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    expected = _opacus_clipped_mean(build_model(spec, seed=1).double(), spec, x, y, mask, 0.3)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        dp_train(model, 12, lambda pred, idx: masked_loss(pred, y[idx], mask[idx], spec,
+                                                          reduction="none"),
+                 lambda idx: x[idx], noise_multiplier=0.0, max_grad_norm=0.3, sample_rate=1.0,
+                 steps=1, optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+                 generator=torch.Generator().manual_seed(0))
+    finally:
+        torch.set_num_threads(saved)
+    for name, p in model.named_parameters():
+        assert torch.allclose(before[name] - p.detach(), expected[name], rtol=1e-9,
+                              atol=1e-12), name
+
+
+def test_each_step_gets_fresh_noise_of_the_calibrated_std() -> None:
+    # Zero data gradient and lr 1: each step's update is exactly that step's noise / batch.
+    layer = nn.Linear(300, 200, bias=False)
+    nn.init.zeros_(layer.weight)
+    n, q, sigma, clip = 500, 0.2, 0.9, 1.1
+    updates: list[torch.Tensor] = []
+    opt = torch.optim.SGD(layer.parameters(), lr=1.0)
+    for _ in range(3):
+        w = layer.weight.detach().clone()
+        dp_train(nn.Sequential(layer), n, lambda pred, idx: pred.sum(dim=1) * 0.0,
+                 lambda idx: torch.zeros(len(idx), 300), noise_multiplier=sigma,
+                 max_grad_norm=clip, sample_rate=q, steps=1, optimizer=opt,
+                 generator=torch.Generator().manual_seed(7))
+        updates.append((w - layer.weight.detach()).flatten())
+    expected = sigma * clip / (q * n)
+    for u in updates:
+        assert abs(u.std().item() - expected) / expected < 0.03
+    # The same seed gives the same noise; two steps of one run must not share it.
+    assert torch.equal(updates[0], updates[1])
+    fresh = nn.Linear(300, 200, bias=False)
+    nn.init.zeros_(fresh.weight)
+    model = nn.Sequential(fresh)
+    steps: list[torch.Tensor] = []
+
+    class Recorder(torch.optim.SGD):
+        def step(self, closure: object = None) -> None:  # type: ignore[override]
+            assert fresh.weight.grad is not None
+            steps.append(fresh.weight.grad.detach().clone().flatten())
+            super().step()
+
+    dp_train(model, n, lambda pred, idx: pred.sum(dim=1) * 0.0,
+             lambda idx: torch.zeros(len(idx), 300), noise_multiplier=sigma,
+             max_grad_norm=clip, sample_rate=q, steps=3, optimizer=Recorder(
+                 model.parameters(), lr=1.0), generator=torch.Generator().manual_seed(7))
+    assert len(steps) == 3
+    for a, b in [(0, 1), (1, 2), (0, 2)]:
+        corr = torch.corrcoef(torch.stack([steps[a], steps[b]]))[0, 1].item()
+        assert abs(corr) < 0.02, (a, b, corr)
+
+
+def test_thread_count_is_restored_after_training() -> None:
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = nn.Sequential(nn.Linear(4, 1))
+        dp_train(model, 50, lambda pred, idx: pred.sum(dim=1), lambda idx: torch.ones(len(idx), 4),
+                 noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.2, steps=3,
+                 optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_optimizer_over_foreign_parameters_is_refused() -> None:
+    model = nn.Sequential(nn.Linear(3, 1))
+    stray = nn.Parameter(torch.zeros(2))
+    with pytest.raises(ConfigError) as err:
+        dp_train(model, 10, lambda pred, idx: pred.sum(dim=1), lambda idx: torch.ones(len(idx), 3),
+                 noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.5, steps=1,
+                 optimizer=torch.optim.SGD([*model.parameters(), stray], lr=0.1))
+    assert "outside the model" in str(err.value)
