@@ -1,20 +1,34 @@
-"""``fedadmet participant``: commands a member company types."""
+"""``fedadmet participant``: commands a member company types.
+
+Every command reads the site's ``participant.toml`` through
+:class:`participant.config.ParticipantConfig` (one schema; ``init`` writes a
+template that loads as is).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
+import sys
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import typer
 
-from participant.daemon import SuperNodePlan, run_with_restarts
+from participant.config import ParticipantConfig
 from participant.keys import create_member_keys
-from protocols.errors import DeploymentError
+from protocols.errors import ConfigError, DeploymentError
 
-app = typer.Typer(help="Run a member company's participant daemon.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from participant.daemon import SuperNodePlan
+
+app = typer.Typer(help="Run a member company's participant daemon, fine-tune and predict "
+                  "on site.", no_args_is_help=True)
+
+_CONFIG_HELP = "The site's participant.toml."
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -27,67 +41,115 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _toml_str(value: str | Path) -> str:
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def participant_template(*, name: str, coordinator: str, root_certificate: str | Path,
+                         local_port: int = 9094) -> str:
+    """The ``participant.toml`` that ``init`` writes; paths relative to the site folder."""
+    return f"""\
+# This site's configuration. Nothing in it, and nothing it points to, leaves your site.
+# Relative paths are resolved against this file's folder. Fill in [data] and [endpoints].
+
+[participant]
+name = {_toml_str(name)}
+state-dir = "state"
+# Your privacy budget: a round that would take the spent epsilon past it is refused.
+max-epsilon = 8.0
+delta = 1e-5
+receipt-key = "keys/receipt_key.pem"
+# The coordinator's receipt-signing public key, given to you at enrolment.
+coordinator-key = "keys/coordinator_receipt.pub.pem"
+# MLflow store for fine-tuning (local only); default: sqlite in the state dir.
+# tracking-uri = "sqlite:////opt/fl/state/mlflow.db"
+
+[coordinator]
+address = {_toml_str(coordinator)}
+root-certificate = {_toml_str(root_certificate)}
+node-key = "keys/node_key"
+# The SuperNode's local runtime port; different for each SuperNode on one host.
+local-port = {local_port}
+
+[data]
+files = ["data/assays.csv"]
+smiles-column = "smiles"
+valid-fraction = 0.15
+split-seed = 0
+
+# One table per endpoint: [endpoints.<federation endpoint name>]
+[endpoints.lipophilicity]
+column = "logD"
+task = "regression"
+
+[training]
+finetune-epochs = 100
+finetune-patience = 10
+finetune-lr = 0.001
+trunk-lr-factor = 0.1
+"""
+
+
 @app.command()
 def init(directory: Path,
          coordinator: str = typer.Option("fl.example.com:443", help="coordinator HOST:PORT"),
-         root_certificate: Path = typer.Option(Path("ca.crt"))) -> None:
+         root_certificate: Path | None = typer.Option(
+             None, help="the consortium's CA certificate (default: ca.crt in DIRECTORY)"),
+         local_port: int = typer.Option(9094, help="the SuperNode's local runtime port")
+         ) -> None:
     """Create the node key pair, the receipt-signing key and a participant.toml template."""
-    keys = create_member_keys(directory / "keys")
-    state = directory / "state"
     toml = directory / "participant.toml"
     if toml.exists():
         raise DeploymentError("participant.toml already exists; not overwriting it",
                               got=str(toml))
-    _write_text(toml, (
-        "# Fill in the data section; nothing here leaves your site.\n"
-        f'coordinator = "{coordinator}"\n'
-        f'root-certificate = "{root_certificate}"\n'
-        f'node-key = "{keys.node_key}"\n'
-        f'receipt-key = "{keys.receipt_key}"\n'
-        f'state-dir = "{state}"\n'
-        "local-port = 9094\n"
-        'data-files = ["data/assays.csv"]\n'
-        'smiles-column = "smiles"\n'
-        "max-epsilon = 8.0\n"
-        "delta = 1e-5\n"
-        f'mlflow-tracking-uri = "sqlite:///{state / "mlflow.db"}"\n\n'
-        "[endpoints]\n"
-        '# column name in your file = federation endpoint name\n'
-        '"logD" = "lipophilicity"\n'))
+    text = participant_template(
+        name=directory.resolve().name, coordinator=coordinator, local_port=local_port,
+        root_certificate=root_certificate.resolve() if root_certificate else "ca.crt")
+    # the template must load as it is: a typo here would greet every new member
+    ParticipantConfig.from_mapping(tomllib.loads(text),
+                                   base_dir=directory.resolve())
+    keys = create_member_keys(directory / "keys")
+    _write_text(toml, text)
     typer.echo(f"Wrote {toml}")
     typer.echo("Send these to the consortium operator:")
     typer.echo(f"  node public key:    {keys.node_pub} ({keys.node_fingerprint})")
     typer.echo(f"  receipt public key: {keys.receipt_pub} ({keys.receipt_fingerprint})")
 
 
+def supernode_plan(cfg: ParticipantConfig) -> SuperNodePlan:
+    """The daemon's plan from the ``[coordinator]`` table of a loaded config."""
+    from participant.daemon import SuperNodePlan
+
+    coord = cfg.require_coordinator()
+    if cfg.source is None:
+        raise ConfigError("config", "has no file to hand to the SuperNode",
+                          fix="load it with ParticipantConfig.load(path)")
+    return SuperNodePlan(superlink=coord.address, root_certificates=coord.root_certificate,
+                         node_key=coord.node_key, port=coord.local_port,
+                         node_config={"config": str(cfg.source), "state-dir": str(cfg.state_dir)})
+
+
 @app.command()
-def start(config: Path = typer.Option(Path("participant.toml"), "--config"),
+def start(config: Path = typer.Option(Path("participant.toml"), "--config", help=_CONFIG_HELP),
           max_restarts: int = typer.Option(5)) -> None:
     """Run the SuperNode, outbound only, with restarts and backoff."""
-    raw = tomllib.loads(config.read_text(encoding="utf-8"))
-    state = Path(str(raw["state-dir"]))
-    plan = SuperNodePlan(superlink=str(raw["coordinator"]),
-                         root_certificates=Path(str(raw["root-certificate"])),
-                         node_key=Path(str(raw["node-key"])), port=int(raw["local-port"]),
-                         node_config={"config": str(config.resolve()),
-                                      "state-dir": str(state)})
+    from participant.daemon import run_with_restarts
+
+    cfg = ParticipantConfig.load(config)
+    plan = supernode_plan(cfg)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    raise typer.Exit(run_with_restarts(plan, log_path=state / "supernode.log",
+    raise typer.Exit(run_with_restarts(plan, log_path=cfg.state_dir / "supernode.log",
                                        max_restarts=max_restarts))
 
 
 @app.command()
-def budget(config: Path = typer.Option(Path("participant.toml"), "--config",
-                                       help="The site's participant.toml."),
+def budget(config: Path = typer.Option(Path("participant.toml"), "--config", help=_CONFIG_HELP),
            as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")
            ) -> None:
     """Privacy spend per round, cumulative ε, and what remains of the budget."""
-    import json
-
     from rich.console import Console
     from rich.table import Table
 
-    from participant.config import ParticipantConfig
     from participant.ledger import PrivacyLedger
 
     cfg = ParticipantConfig.load(config)
@@ -110,3 +172,96 @@ def budget(config: Path = typer.Option(Path("participant.toml"), "--config",
     console.print(table)
     console.print(f"spent ε = {ledger.epsilon():.3f} of {cfg.max_epsilon:g}; "
                   f"remaining {ledger.remaining():.3f}")
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else "n/a"
+
+
+@app.command()
+def finetune(
+    model: str = typer.Option(..., "--model", help="The global model: models:/NAME/VERSION, "
+                              "runs:/..., or a folder of predictor files."),
+    endpoint: str = typer.Option(..., "--endpoint", help="Endpoint to fine-tune (an existing "
+                                 "head of the model, or a new one)."),
+    data: list[Path] = typer.Option([], "--data", help="Local data file(s) (CSV/Parquet/SDF); "
+                                    "default: the data files of the config."),
+    column: str | None = typer.Option(None, "--column", help="Label column (default: the "
+                                      "endpoint's column in the config, else its name)."),
+    task: str | None = typer.Option(None, "--task", help="regression | classification "
+                                    "(needed for a new endpoint)."),
+    mode: str = typer.Option("full", "--mode", help="head-only (trunk frozen) | full."),
+    trunk_lr_factor: float | None = typer.Option(None, "--trunk-lr-factor", help="Trunk "
+                                                 "learning rate / head learning rate (full)."),
+    epochs: int | None = typer.Option(None, "--epochs"),
+    patience: int | None = typer.Option(None, "--patience"),
+    lr: float | None = typer.Option(None, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+    register_as: str | None = typer.Option(None, "--register-as", help="Local registered "
+                                           "model name (default: finetuned-ENDPOINT)."),
+    config: Path = typer.Option(Path("participant.toml"), "--config", help=_CONFIG_HELP),
+) -> None:
+    """Fine-tune the federated model on local data; log and register it in the local MLflow."""
+    from participant.finetune import FineTuneOptions, run_finetune
+
+    cfg = ParticipantConfig.load(config)
+    t = cfg.training
+    options = FineTuneOptions(
+        endpoint=endpoint, task=task, mode=mode,  # type: ignore[arg-type]  # validated there
+        trunk_lr_factor=t.trunk_lr_factor if trunk_lr_factor is None else trunk_lr_factor,
+        epochs=t.finetune_epochs if epochs is None else epochs,
+        patience=t.finetune_patience if patience is None else patience,
+        lr=t.finetune_lr if lr is None else lr, seed=seed)
+    if t.threads:
+        import torch
+        torch.set_num_threads(t.threads)
+    report = run_finetune(cfg, model_ref=model, options=options, files=data, column=column,
+                          register_as=register_as)
+    o = report.outcome
+    if report.invalid_rows:
+        typer.echo(f"{report.invalid_rows} rows with invalid SMILES were skipped (see the log "
+                   "above for their row numbers)", err=True)
+    typer.echo(f"endpoint {o.endpoint} ({o.task}, {options.mode}): {o.n_train} training, "
+               f"{o.n_valid} validation molecules (scaffold split)")
+    typer.echo(f"validation {o.metric} before: {_fmt(o.before)} ({o.before_model})")
+    typer.echo(f"validation {o.metric} after:  {_fmt(o.after)} (best epoch "
+               f"{o.fit.best_epoch + 1} of {len(o.fit.train_loss)})")
+    if not o.improved:
+        typer.echo("warning: fine-tuning did not improve the validation metric; keep using "
+                   "the global model for this endpoint", err=True)
+    logged = report.logged
+    typer.echo(f"MLflow run {report.run_id}; registered locally as "
+               f"models:/{logged.registered_name}/{logged.version}")
+
+
+@app.command()
+def predict(
+    model: str = typer.Option(..., "--model", help="models:/NAME/VERSION, runs:/..., or a "
+                              "folder of predictor files."),
+    input_path: Path = typer.Option(..., "--input", help="Molecules (CSV/Parquet/SDF)."),
+    output: Path = typer.Option(..., "--output", help="Predictions (.csv or .parquet)."),
+    smiles_column: str = typer.Option("smiles", "--smiles-column"),
+    config: Path = typer.Option(Path("participant.toml"), "--config", help=_CONFIG_HELP +
+                                " Needed for models:/ and runs:/ URIs (the local MLflow "
+                                "store)."),
+) -> None:
+    """Predict every endpoint for a file of SMILES; invalid rows are reported, never dropped."""
+    from chem.mlflow_model import load_predictor
+    from participant.predict import predict_file
+
+    is_uri = ":/" in model and not Path(model).exists()
+    tracking_uri = None
+    if config.exists():
+        tracking_uri = ParticipantConfig.load(config).tracking_uri_or_default
+    elif is_uri:
+        raise ConfigError("--config", "is needed to find the local MLflow store of a model URI",
+                          got=str(config), fix="pass --config /path/to/participant.toml, or "
+                          "a folder of predictor files as --model")
+    result = predict_file(load_predictor(model, tracking_uri=tracking_uri), input_path, output,
+                          smiles_column=smiles_column)
+    for bad in result.invalid:
+        print(f"{input_path.name} row {bad.row}: {bad.reason} ({bad.smiles!r})", file=sys.stderr)
+    n = len(result.frame)
+    typer.echo(f"wrote {output}: {n - len(result.invalid)} of {n} rows predicted"
+               + (f"; {len(result.invalid)} invalid (valid = false, reason in `error`)"
+                  if result.invalid else ""))

@@ -1,7 +1,13 @@
 """A member site's configuration, validated once into typed objects.
 
 A member writes ``participant.toml`` (``fedadmet participant init`` makes a
-template). The ClientApp finds it through Flower node config
+template). One schema serves every command: ``[participant]`` (name, state dir,
+privacy budget, receipt keys), ``[coordinator]`` (address, root certificate,
+node key, local port: only ``start`` needs it), ``[data]``,
+``[endpoints.<name>]`` and ``[training]`` (fine-tuning defaults). Unknown keys
+are refused and every error names the key and the value.
+
+The ClientApp finds the file through Flower node config
 (``--node-config 'config="/etc/fedadmet/participant.toml"'``); simulation
 mode generates one per virtual partner. Relative paths resolve against the
 file's folder, so a site directory can be moved as a whole.
@@ -17,7 +23,9 @@ from typing import Any, Literal
 from protocols.errors import ConfigError
 from protocols.settings import Table
 
-__all__ = ["DataConfig", "EndpointColumn", "LocalTrainingConfig", "ParticipantConfig"]
+__all__ = ["CoordinatorConfig", "DataConfig", "EndpointColumn", "LocalTrainingConfig",
+           "ParticipantConfig"]
+
 
 _DATA_SUFFIXES = (".csv", ".parquet", ".pq", ".sdf")
 
@@ -59,6 +67,16 @@ class LocalTrainingConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CoordinatorConfig:
+    """How the daemon reaches the coordinator (``[coordinator]``); read by ``start``."""
+
+    address: str
+    root_certificate: Path
+    node_key: Path
+    local_port: int = 9094
+
+
+@dataclass(frozen=True, kw_only=True)
 class ParticipantConfig:
     """Everything the participant needs; nothing here ever leaves the site."""
 
@@ -73,6 +91,7 @@ class ParticipantConfig:
     tracking_uri: str | None = None
     source: Path | None = None
     training: LocalTrainingConfig = field(default_factory=LocalTrainingConfig)
+    coordinator: CoordinatorConfig | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> ParticipantConfig:
@@ -114,6 +133,9 @@ class ParticipantConfig:
             return p if p.is_absolute() else (base_dir / p).resolve()
 
         data = _data(root.table("data", required=True), root.tables("endpoints"), resolve)
+        # node-key used to sit in [participant]; still read there, but not in both places
+        legacy_node_key = part.optional_text("node-key")
+        coordinator = _coordinator(root.table("coordinator"), resolve, legacy_node_key)
         cfg = cls(
             name=part.text("name", required=True),
             state_dir=resolve(part.text("state-dir", "state")) or base_dir / "state",
@@ -122,15 +144,27 @@ class ParticipantConfig:
             delta=part.number("delta", 1e-5, min=0.0, max=1.0, min_exclusive=True),
             receipt_key=resolve(part.optional_text("receipt-key")),
             coordinator_key=resolve(part.optional_text("coordinator-key")),
-            node_key=resolve(part.optional_text("node-key")),
+            node_key=coordinator.node_key if coordinator else resolve(legacy_node_key),
             tracking_uri=part.optional_text("tracking-uri"),
             source=source,
             data=data,
             training=_training(root.table("training")),
+            coordinator=coordinator,
         )
         part.finish()
         root.finish()
         return cfg
+
+    def require_coordinator(self) -> CoordinatorConfig:
+        """The ``[coordinator]`` table, which only the daemon needs."""
+        if self.coordinator is None:
+            raise ConfigError("coordinator", "is missing; the daemon needs it",
+                              source=str(self.source) if self.source else None,
+                              expected="[coordinator] with address, root-certificate, "
+                              "node-key and local-port",
+                              fix="copy the [coordinator] table from a template made by "
+                              "`fedadmet participant init`")
+        return self.coordinator
 
     @property
     def tracking_uri_or_default(self) -> str:
@@ -166,6 +200,34 @@ def _data(t: Table, endpoint_tables: dict[str, Table], resolve: Any) -> DataConf
     )
     t.finish()
     return cfg
+
+
+def _coordinator(t: Table, resolve: Any, legacy_node_key: str | None
+                 ) -> CoordinatorConfig | None:
+    address = t.optional_text("address")
+    root_certificate = t.optional_text("root-certificate")
+    node_key = t.optional_text("node-key")
+    local_port = t.integer("local-port", 9094, min=1, max=65535)
+    t.finish()  # typos first: "adress" is reported as itself, not as a missing address
+    if address is None and root_certificate is None and node_key is None \
+            and not t.has("local-port"):
+        return None  # no [coordinator]: simulation or fine-tune-only sites
+    if legacy_node_key is not None and node_key is not None:
+        raise t.error("node-key", "is given twice", got=legacy_node_key,
+                      fix="keep it in [coordinator] only and delete participant.node-key")
+    node_key = node_key or legacy_node_key
+    for key, value in (("address", address), ("root-certificate", root_certificate),
+                       ("node-key", node_key)):
+        if value is None:
+            raise t.error(key, "is required", expected="a value in [coordinator]",
+                          fix="see the template written by `fedadmet participant init`")
+    assert address is not None
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise t.error("address", "is not HOST:PORT", got=address,
+                      expected="e.g. fl.example.org:443")
+    return CoordinatorConfig(address=address, root_certificate=resolve(root_certificate),
+                             node_key=resolve(node_key), local_port=local_port)
 
 
 def _training(t: Table) -> LocalTrainingConfig:

@@ -1,0 +1,105 @@
+"""Predicting a file of molecules with the global or a fine-tuned model, on site.
+
+Every input row comes out, in input order: its 1-based data-row number (the
+convention of ``chem.tables``: row 1 is the first molecule after the header),
+the input columns, one ``predicted_<endpoint>`` column per endpoint (original
+units; probabilities for classification), ``valid`` and ``error``. A row whose
+SMILES is missing or cannot be standardised or featurised gets empty
+predictions, ``valid = False`` and the reason: it is reported, never dropped,
+and it never stops the other rows.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from chem.mlflow_model import Predictor
+from chem.tables import read_frame
+from protocols.errors import DataError, MissingColumnError
+
+__all__ = ["InvalidMolecule", "Predictions", "predict_file", "predict_frame"]
+
+PREFIX = "predicted_"
+ROW, VALID, ERROR = "row", "valid", "error"
+_CHUNK = 20_000  # rows featurised at once: bounds memory on large files
+
+
+@dataclass(frozen=True, kw_only=True)
+class InvalidMolecule:
+    """An input row that got no prediction, and why."""
+
+    row: int
+    smiles: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Predictions:
+    """The output table and the rows it could not predict."""
+
+    frame: pd.DataFrame
+    invalid: tuple[InvalidMolecule, ...]
+
+
+def _cell(value: object) -> object:
+    if isinstance(value, str):
+        return value if value.strip() else None
+    return None if value is None or pd.isna(value) else value  # type: ignore[call-overload]
+
+
+def predict_frame(predictor: Predictor, frame: pd.DataFrame, *,
+                  smiles_column: str = "smiles") -> Predictions:
+    """Predict every row of ``frame`` (rows numbered from 1 in the order given)."""
+    if smiles_column not in frame.columns:
+        raise MissingColumnError(smiles_column, [str(c) for c in frame.columns])
+    outputs = [ROW, *(PREFIX + e for e in predictor.endpoints), VALID, ERROR]
+    clash = sorted(set(outputs) & {str(c) for c in frame.columns})
+    if clash:
+        raise DataError("input columns clash with the prediction columns", got=clash,
+                        expected=f"no input column named {', '.join(outputs)}",
+                        fix="rename those columns in the input file")
+    cells = [_cell(v) for v in frame[smiles_column].tolist()]
+    parts = [predictor.predict(cells[i:i + _CHUNK]) for i in range(0, len(cells), _CHUNK)]
+    got = (pd.concat(parts, ignore_index=True) if parts
+           else predictor.predict([]))
+    out = frame.reset_index(drop=True).copy()
+    out.insert(0, ROW, range(1, len(out) + 1))
+    for e in predictor.endpoints:
+        out[PREFIX + e] = got[e].to_numpy()
+    out[VALID] = got["valid"].to_numpy()
+    out[ERROR] = got["error"].to_numpy()
+    invalid = tuple(
+        InvalidMolecule(row=int(r), smiles="" if c is None else str(c), reason=str(why))
+        for r, c, ok, why in zip(out[ROW], cells, out[VALID], out[ERROR], strict=True)
+        if not ok)
+    return Predictions(frame=out, invalid=invalid)
+
+
+def predict_file(predictor: Predictor, input_path: Path, output_path: Path, *,
+                 smiles_column: str = "smiles") -> Predictions:
+    """Read a CSV/Parquet/SDF file, predict, and write CSV or Parquet atomically."""
+    suffix = output_path.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq"):
+        raise DataError("unsupported output file type", got=str(output_path),
+                        expected=".csv | .parquet")
+    result = predict_frame(predictor, read_frame(Path(input_path)), smiles_column=smiles_column)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if suffix == ".csv":
+                result.frame.to_csv(f, index=False)
+            else:
+                result.frame.to_parquet(f, index=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, output_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return result
