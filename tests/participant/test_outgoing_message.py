@@ -8,7 +8,7 @@ as Flower serialises it for the wire, object by object.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,20 +72,31 @@ def _findings(content: RecordDict, wire: Iterable[bytes], *, smiles: set[str],
     return out
 
 
-def _train_reply(kit: SiteKit) -> tuple[Message, Message]:
+@pytest.fixture(scope="module", autouse=True)
+def task_identity() -> Iterator[None]:
+    """Flower's process-wide task identity, which a SuperNode's runtime sets before a
+    ClientApp runs (Message() reads it); restored afterwards."""
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def _call(kit: SiteKit, kind: str) -> Message:
+    """One message through the real ClientApp, in-process, as a SuperNode would deliver it."""
     cfg = kit.config
     client = make_client_app(lambda _context: cfg)
     msg = Message(codec.encode_instruction(kit.instruction(), kit.global_weights),
-                  dst_node_id=7, message_type="train")
+                  dst_node_id=7, message_type=kind)
     context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
-    return msg, client(msg, context)
+    return client(msg, context)
 
 
 @pytest.fixture(scope="module")
-def site_reply(tmp_path_factory: pytest.TempPathFactory) -> tuple[SiteKit, Message]:
+def site_reply(task_identity: None,
+               tmp_path_factory: pytest.TempPathFactory) -> tuple[SiteKit, Message]:
     kit = make_site(tmp_path_factory.mktemp("site"), n=300)
-    return kit, _train_reply(kit)[1]
+    return kit, _call(kit, "train")
 
 
 @dataclass(frozen=True)
@@ -166,3 +177,15 @@ def test_private_head_stays_on_site(site_reply: tuple[SiteKit, Message]) -> None
     assert set(heads) == {"heads.private_assay.weight", "heads.private_assay.bias"}
     delta = codec.decode_train_reply(reply.content).delta
     assert not any(k.startswith("heads.private_assay") for k in delta)
+
+
+def test_evaluate_reply_leaks_no_smiles_or_per_example_data(
+        site_reply: tuple[SiteKit, Message]) -> None:
+    kit, _ = site_reply
+    reply = _call(kit, "evaluate")
+    metrics, refusal = codec.decode_evaluate_reply(reply.content)
+    assert refusal is None and metrics["num-examples"] > 30
+    exp = _expectations(kit)
+    wire = [obj.deflate() for obj in get_all_nested_objects(reply).values()]
+    assert _findings(reply.content, wire, smiles=exp.smiles, private_names=set(),
+                     sizes=exp.sizes, shared_shapes=exp.shared_shapes) == []
