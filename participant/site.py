@@ -299,16 +299,22 @@ class Site:
         tasks = [e.task for e in model.spec.endpoints]
         per = endpoint_metrics(yva, pred, mva, list(model.spec.endpoint_names), tasks)
         out: dict[str, float] = {"num-examples": float(len(data.x_valid))}
+        # Private endpoints stay private: not even their names or metrics leave the site.
+        shared = set(ins.consortium_endpoints)
         for e, task in zip(model.spec.endpoint_names, tasks, strict=True):
+            if e not in shared:
+                continue
             vals = per[e]
             if vals.get("n", 0) > 0:
                 metric = headline_metric(task)
                 if math.isfinite(vals.get(metric, math.nan)):
                     out[f"{e}.{metric}"] = vals[metric]
                 out[f"{e}.n"] = vals["n"]
+        shared_mask = mva * np.array([e in shared for e in model.spec.endpoint_names],
+                                     dtype=mva.dtype)
         with torch.no_grad():
             loss = masked_loss(model(torch.from_numpy(data.x_valid)), torch.from_numpy(yva),
-                               torch.from_numpy(mva), model.spec)
+                               torch.from_numpy(shared_mask), model.spec)
         out["loss"] = float(loss)
         return out, None
 

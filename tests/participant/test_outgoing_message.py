@@ -187,5 +187,7 @@ def test_evaluate_reply_leaks_no_smiles_or_per_example_data(
     assert refusal is None and metrics["num-examples"] > 30
     exp = _expectations(kit)
     wire = [obj.deflate() for obj in get_all_nested_objects(reply).values()]
-    assert _findings(reply.content, wire, smiles=exp.smiles, private_names=set(),
+    # a private endpoint's name and metrics stay on site too
+    assert _findings(reply.content, wire, smiles=exp.smiles, private_names=exp.private_names,
                      sizes=exp.sizes, shared_shapes=exp.shared_shapes) == []
+    assert {k.split(".")[0] for k in metrics if "." in k} == set(kit.model_spec.endpoint_names)
