@@ -70,6 +70,10 @@ root-certificate = {_toml_str(root_certificate)}
 node-key = "keys/node_key"
 # The SuperNode's local runtime port; different for each SuperNode on one host.
 local-port = {local_port}
+# Code pinning: by default the daemon runs only ClientApp code identical to the
+# installed fedadmet. To pin exact bundles instead, add a table (docs/deployment.md):
+# [code-pin]
+# fab-sha256 = ["<sha256 of the FAB your operator announced>"]
 
 [data]
 files = ["data/assays.csv"]
@@ -126,7 +130,9 @@ def supernode_plan(cfg: ParticipantConfig) -> SuperNodePlan:
                           fix="load it with ParticipantConfig.load(path)")
     return SuperNodePlan(superlink=coord.address, root_certificates=coord.root_certificate,
                          node_key=coord.node_key, port=coord.local_port,
-                         node_config={"config": str(cfg.source), "state-dir": str(cfg.state_dir)})
+                         node_config={"config": str(cfg.source), "state-dir": str(cfg.state_dir)},
+                         code_pin=coord.code_pin,
+                         unsafe_run_unpinned_code=coord.unsafe_run_unpinned_code)
 
 
 @app.command()

@@ -16,10 +16,12 @@ file's folder, so a site directory can be moved as a whole.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from participant.pinning import CodePin
 from protocols.errors import ConfigError
 from protocols.settings import Table
 
@@ -74,6 +76,10 @@ class CoordinatorConfig:
     root_certificate: Path
     node_key: Path
     local_port: int = 9094
+    # The ClientApp code this member runs (``[code-pin]``; default: only the installed
+    # fedadmet). Running whatever the coordinator sends needs the unsafe flag.
+    code_pin: CodePin | None = field(default_factory=CodePin.installed)
+    unsafe_run_unpinned_code: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,7 +141,12 @@ class ParticipantConfig:
         data = _data(root.table("data", required=True), root.tables("endpoints"), resolve)
         # node-key used to sit in [participant]; still read there, but not in both places
         legacy_node_key = part.optional_text("node-key")
-        coordinator = _coordinator(root.table("coordinator"), resolve, legacy_node_key)
+        pin_raw = None
+        if root.has("code-pin"):
+            root.table("code-pin")  # marks the key as known; CodePin validates its content
+            pin_raw = raw["code-pin"]
+        coordinator = _coordinator(root.table("coordinator"), resolve, legacy_node_key,
+                                   code_pin=pin_raw)
         cfg = cls(
             name=part.text("name", required=True),
             state_dir=resolve(part.text("state-dir", "state")) or base_dir / "state",
@@ -202,12 +213,13 @@ def _data(t: Table, endpoint_tables: dict[str, Table], resolve: Any) -> DataConf
     return cfg
 
 
-def _coordinator(t: Table, resolve: Any, legacy_node_key: str | None
-                 ) -> CoordinatorConfig | None:
+def _coordinator(t: Table, resolve: Any, legacy_node_key: str | None, *,
+                 code_pin: Mapping[str, Any] | None) -> CoordinatorConfig | None:
     address = t.optional_text("address")
     root_certificate = t.optional_text("root-certificate")
     node_key = t.optional_text("node-key")
     local_port = t.integer("local-port", 9094, min=1, max=65535)
+    unsafe = t.boolean("unsafe-run-unpinned-code", False)
     t.finish()  # typos first: "adress" is reported as itself, not as a missing address
     if address is None and root_certificate is None and node_key is None \
             and not t.has("local-port"):
@@ -226,8 +238,14 @@ def _coordinator(t: Table, resolve: Any, legacy_node_key: str | None
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise t.error("address", "is not HOST:PORT", got=address,
                       expected="e.g. fl.example.org:443")
+    if code_pin is not None and unsafe:
+        raise t.error("unsafe-run-unpinned-code", "contradicts the [code-pin] table", got=True,
+                      fix="delete one of them: a pinned daemon cannot also run unpinned code")
+    pin = (CodePin.from_mapping(code_pin) if code_pin is not None
+           else None if unsafe else CodePin.installed())
     return CoordinatorConfig(address=address, root_certificate=resolve(root_certificate),
-                             node_key=resolve(node_key), local_port=local_port)
+                             node_key=resolve(node_key), local_port=local_port, code_pin=pin,
+                             unsafe_run_unpinned_code=unsafe)
 
 
 def _training(t: Table) -> LocalTrainingConfig:

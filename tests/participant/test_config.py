@@ -119,3 +119,38 @@ def test_node_key_in_participant_table_is_still_read(tmp_path: Path) -> None:
     cfg = ParticipantConfig.load(toml)
     assert cfg.coordinator is not None
     assert cfg.coordinator.node_key == toml.parent.resolve() / "keys" / "node_key"
+
+
+def test_daemon_is_pinned_to_the_installed_code_unless_the_config_says_otherwise(
+        tmp_path: Path) -> None:
+    from participant.pinning import CodePin
+
+    toml = _init(tmp_path)
+    assert supernode_plan(ParticipantConfig.load(toml)).code_pin == CodePin.installed()
+    text = toml.read_text()
+    fab = "ab" * 32
+    toml.write_text(text + f'\n[code-pin]\nfab-sha256 = ["{fab}"]\n')
+    plan = supernode_plan(ParticipantConfig.load(toml))
+    assert plan.code_pin is not None and plan.code_pin.fab_sha256 == frozenset({fab})
+    assert not plan.code_pin.installed_fedadmet and not plan.unsafe_run_unpinned_code
+
+
+def test_unpinned_daemon_needs_the_unsafe_key_and_never_with_a_pin(tmp_path: Path) -> None:
+    toml = _init(tmp_path)
+    text = toml.read_text().replace("[coordinator]\n",
+                                    "[coordinator]\nunsafe-run-unpinned-code = true\n")
+    toml.write_text(text)
+    plan = supernode_plan(ParticipantConfig.load(toml))
+    assert plan.code_pin is None and plan.unsafe_run_unpinned_code
+    toml.write_text(text + '\n[code-pin]\ninstalled-fedadmet = true\n')
+    with pytest.raises(ConfigError) as err:
+        ParticipantConfig.load(toml)
+    assert "unsafe-run-unpinned-code" in str(err.value)
+
+
+def test_code_pin_typo_is_refused_by_name(tmp_path: Path) -> None:
+    toml = _init(tmp_path)
+    toml.write_text(toml.read_text() + '\n[code-pin]\nfab-sha = ["00"]\n')
+    with pytest.raises(ConfigError) as err:
+        ParticipantConfig.load(toml)
+    assert "fab-sha" in str(err.value)
