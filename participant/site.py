@@ -17,11 +17,15 @@ Nothing per-example leaves: the delta, counts and mean losses only.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import math
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,6 +55,17 @@ from protocols.messages import PROTOCOL_VERSION, Refusal, RoundInstruction, Upda
 from protocols.signing import fingerprint, load_private_key, load_public_key, sign
 
 __all__ = ["Site", "TrainResult"]
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path``, released with the process if it dies."""
+    with open(path, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +183,17 @@ class Site:
 
     # ---------------------------------------------------------------- train
     def train(self, ins: RoundInstruction, global_arrays: dict[str, np.ndarray]) -> TrainResult:
-        """Handle a train instruction (see the module docstring for the order)."""
+        """Handle a train instruction (see the module docstring for the order).
+
+        One train at a time per state directory: Flower can run two ClientApp processes
+        for one site at once (a resumed coordinator resends a round the first is still
+        training); unserialised, both would release an update and the ledger count one.
+        """
+        with _exclusive(self.cfg.state_dir / ".train.lock"):
+            return self._train(ins, global_arrays)
+
+    def _train(self, ins: RoundInstruction, global_arrays: dict[str, np.ndarray]
+               ) -> TrainResult:
         halt = self.receipts.halted()
         if halt is not None:
             return self._refusal(ins, "halted", f"receipt check {halt.check} failed earlier: "
