@@ -50,6 +50,10 @@ http {{
             proxy_ssl_name localhost;
             proxy_ssl_server_name on;
             proxy_pass_request_headers on;
+            # Stream bodies both ways: no temp files (nginx workers, dropped to an
+            # unprivileged user, cannot write this prefix: model-sized bodies got a 500).
+            proxy_request_buffering off;
+            proxy_buffering off;
             proxy_read_timeout 300s;
         }}
         location / {{ return 403; }}

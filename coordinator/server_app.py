@@ -1,16 +1,17 @@
 """The Flower ServerApp: builds the federation from config and runs its rounds.
 
-In deployment ``flwr run`` passes ``config="/path/federation.toml"`` as run
-config (the ServerApp runs on the coordinator host, so paths are local to
-it); simulation binds a validated :class:`FederationConfig` directly with
-:func:`make_server_app`. This is the one coordinator module that imports
-``chem``: to size and initialise the shared model.
+In deployment the bundle in ``coordinator/fab`` names this app and ``flwr run``
+passes ``config="/path/federation.toml"`` as run config (the ServerApp runs on
+the coordinator host, so paths are local to it); simulation binds a validated
+:class:`FederationConfig` directly with :func:`make_server_app`. This is the
+one coordinator module that imports ``chem``: to size and initialise the shared model.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -25,7 +26,11 @@ from coordinator.tracking import MlflowTracker
 from protocols.errors import ConfigError
 from protocols.signing import load_private_key
 
-__all__ = ["app", "make_server_app", "model_spec_for"]
+__all__ = ["app", "config_from_run_config", "make_server_app", "model_spec_for"]
+
+# run-config key -> FederationConfig field; empty values keep federation.toml's path
+_PATH_OVERRIDES = {"state-dir": "state_dir", "members": "members_file",
+                   "signing-key": "signing_key"}
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +82,25 @@ def run_federation(cfg: FederationConfig, grid: Grid, *,
     log.info("federation %s finished after round %d", cfg.federation_id, cfg.rounds)
 
 
+def config_from_run_config(run_config: Mapping[str, object]) -> FederationConfig:
+    """Deployment: ``config`` names federation.toml; ``state-dir``, ``members`` and
+    ``signing-key`` override its paths when non-empty (all paths on the coordinator host)."""
+    path = run_config.get("config")
+    if not isinstance(path, str) or not path:
+        raise ConfigError("run-config.config", "missing", got=path,
+                          expected='flwr run ... -c \'config="/srv/fl/federation.toml"\'',
+                          fix="run the federation with `fedadmet coordinator run`")
+    cfg = FederationConfig.load(path)
+    changes: dict[str, Path] = {}
+    for key, attr in _PATH_OVERRIDES.items():
+        value = run_config.get(key, "")
+        if not isinstance(value, str):
+            raise ConfigError(f"run-config.{key}", "must be a path string", got=value)
+        if value:
+            changes[attr] = Path(value).expanduser().resolve()
+    return cfg.with_overrides(**changes) if changes else cfg
+
+
 def make_server_app(cfg: FederationConfig | None = None, *,
                     on_round: Callable[[RoundSummary, Weights], None] | None = None,
                     on_reply: Callable[[str, int, int, int], None] | None = None) -> ServerApp:
@@ -85,13 +109,7 @@ def make_server_app(cfg: FederationConfig | None = None, *,
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        config = cfg
-        if config is None:
-            path = context.run_config.get("config")
-            if not isinstance(path, str) or not path:
-                raise ConfigError("run-config.config", "missing",
-                                  expected='flwr run ... -c \'config="/srv/federation.toml"\'')
-            config = FederationConfig.load(path)
+        config = cfg if cfg is not None else config_from_run_config(dict(context.run_config))
         run_federation(config, grid, on_round=on_round, on_reply=on_reply)
 
     return server
