@@ -237,6 +237,17 @@ class Consortium:
         log.close()
         return proc
 
+    def task_token_refusals(self) -> list[str]:
+        """Runtime API 401s in the members' logs: a task process that lost its claim.
+
+        flwr 1.41 gives a claimed task 30 s to send its first heartbeat (then 60 s per
+        heartbeat); a process that starts later finds its token revoked, the task was
+        handed to a second process, and the first one's calls get 401.
+        """
+        return [line for m in self.members if m.log.exists()
+                for line in m.log.read_text(errors="replace").splitlines()
+                if "HTTP/1.1 401" in line]
+
     def serverapps(self) -> list[int]:
         """PIDs of the ``flwr-serverapp`` processes our coordinator's SuperLink started."""
         assert self.coordinator is not None

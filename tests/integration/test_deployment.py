@@ -26,7 +26,7 @@ from participant.daemon import REFUSED_EXIT_CODE, flower_exit_code, start_node
 from participant.outbox import Outbox
 from protocols.errors import DeploymentError
 from protocols.receipts import parse_receipt, verify_chain
-from protocols.signing import load_public_key
+from protocols.signing import fingerprint, load_public_key
 from tests.integration.consortium import (
     BIN,
     Consortium,
@@ -93,15 +93,17 @@ def test_three_members_finish_three_rounds_and_an_unenrolled_node_is_refused(
     report = verify_chain(_receipts(state), coordinator_key=load_public_key(
         fed.coordinator_public_pem()), federation_id="three-rounds")
     assert report.ok and report.verified == 3, report
-    fingerprints = {leaf.participant_fingerprint
-                    for raw in _receipts(state) for leaf in parse_receipt(raw).leaves}
-    assert len(fingerprints) == 3  # the three enrolled members, nobody else
+    enrolled = {fingerprint(load_public_key(m.keys.receipt_pub.read_bytes()))
+                for m in fed.members}
+    for raw in _receipts(state):  # the three enrolled members, nobody else
+        assert {leaf.participant_fingerprint for leaf in parse_receipt(raw).leaves} == enrolled
     for m in fed.members:
         spent = [e for e in m.ledger().entries() if e.federation_id == "three-rounds"]
         assert [e.round for e in spent] == [1, 2, 3]
         assert 0 < spent[0].epsilon_after < spent[1].epsilon_after < spent[2].epsilon_after
     assert (state / "global_model.npz").exists()
     assert not stranger.node_ids()  # never got a SuperNode ID
+    assert fed.task_token_refusals() == []
 
 
 @pytest.mark.integration
@@ -184,6 +186,7 @@ def test_killed_serverapp_resumes_from_its_checkpoint_without_double_counting(
     for m in fed.members:  # one spend per (federation, round), whatever was retried
         assert [e.round for e in m.ledger().entries() if e.federation_id == "resumed"] \
             == [1, 2], m.name
+    assert fed.task_token_refusals() == []
 
 
 def _status(url: str, ca_cert: Path, *, method: str = "GET") -> int:
