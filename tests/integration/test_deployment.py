@@ -19,12 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.cli import check_resume
-from coordinator.config import FederationConfig
 from coordinator.superlink import write_flwr_home
 from participant.daemon import REFUSED_EXIT_CODE, flower_exit_code, start_node
 from participant.outbox import Outbox
-from protocols.errors import DeploymentError
 from protocols.receipts import parse_receipt, verify_chain
 from protocols.signing import fingerprint, load_public_key
 from tests.integration.consortium import (
@@ -165,8 +162,10 @@ def test_killed_serverapp_resumes_from_its_checkpoint_without_double_counting(
     early = released(2)
     outboxes = {m.name: Outbox(m.state_dir()).submitted()[2]
                 for m in fed.members if m.name in early}
-    with pytest.raises(DeploymentError, match="already has a checkpoint"):
-        check_resume(FederationConfig.load(config), resume=False)
+    again = subprocess.run([str(BIN / "fedadmet"), "coordinator", "run", "--dir",
+                            str(fed.dir), "--config", str(config)], env=env(),
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode != 0 and "pass --resume" in again.stdout + again.stderr, again
 
     resumed = fed.submit(config, resume=True)
     try:
