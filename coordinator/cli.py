@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tomllib
@@ -249,6 +250,9 @@ def start(directory: Path = typer.Option(Path("."), "--dir"),
           health_timeout: float = typer.Option(60.0)) -> None:
     """Run the loopback SuperLink (+ fleet-only nginx if public), optionally the federation."""
     dep = Deployment.load(directory)
+    # SIGTERM (systemd stop, kill) must run the finally below: the SuperLink and nginx
+    # live in their own sessions and would otherwise outlive this command.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     plan = SuperLinkPlan(port=dep.port, state_dir=dep.state_dir, ca_cert=dep.ca_cert,
                          server_cert=dep.server_cert, server_key=dep.server_key)
     env = dep.env()

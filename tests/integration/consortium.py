@@ -257,11 +257,13 @@ class Consortium:
         for m in self.members:
             m.stop()
         if self.coordinator is not None:
-            kill_group(self.coordinator, signal.SIGTERM)
-            for pid in children(self.coordinator.pid):
+            # Listed first: once `start` is gone its SuperLink and nginx are reparented.
+            spawned = children(self.coordinator.pid)
+            kill_group(self.coordinator, signal.SIGTERM)  # `start` stops what it started
+            kill_group(self.coordinator)
+            for pid in spawned:  # and whatever it could not stop
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            kill_group(self.coordinator)
 
 
 def _listening(port: int) -> bool:
