@@ -67,6 +67,32 @@ def test_omitted_submission_halts(tmp_path: Path) -> None:
     assert halt is not None and halt.check == "inclusion"
 
 
+def test_missing_proof_is_derived_from_the_signed_leaves(tmp_path: Path) -> None:
+    """A resumed simulation's coordinator cannot name our new node id: it sends no proof."""
+    store = ReceiptStore(tmp_path)
+    receipts = chain(2)
+    mine = fingerprint(ME)
+    store.accept([r.to_dict() for r in receipts], [None, None],
+                 coordinator_key=COORDINATOR.public_key(), own_fingerprint=mine,
+                 submitted={r.round: next(x.update_digest for x in r.leaves
+                                          if x.participant_fingerprint == mine) or ""
+                            for r in receipts},
+                 received_global_model_digest=receipts[-1].model_digest_after)
+    assert store.rounds() == [1, 2] and store.halted() is None
+    assert [store.proof(r.round) for r in receipts] == [proof_for(r, mine) for r in receipts]
+
+
+def test_omitted_submission_without_a_proof_still_halts(tmp_path: Path) -> None:
+    store = ReceiptStore(tmp_path)
+    (receipt,) = chain(1)
+    stranger = fingerprint(key(77).public_key())  # a fingerprint with no leaf here
+    with pytest.raises(ReceiptVerificationError) as err:
+        store.accept([receipt.to_dict()], [None], coordinator_key=COORDINATOR.public_key(),
+                     own_fingerprint=stranger, submitted={1: "7" * 64},
+                     received_global_model_digest=receipt.model_digest_after)
+    assert err.value.check == "inclusion" and store.rounds() == []
+
+
 def test_dropped_receipt_breaks_the_participants_chain(tmp_path: Path) -> None:
     store = ReceiptStore(tmp_path)
     receipts = chain(3)
