@@ -12,7 +12,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 __all__ = ["HIGHER_IS_BETTER", "endpoint_metrics", "headline_metric", "mean_predictor_metrics"]
 
@@ -32,6 +31,10 @@ def _regression(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 def _classification(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     if len(np.unique(y)) < 2:
         return {"auroc": math.nan, "auprc": math.nan}
+    # Imported here: scikit-learn costs ~1 s of start-up in every flwr-clientapp
+    # process, and regression-only sites never need it.
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     return {"auroc": float(roc_auc_score(y, p)), "auprc": float(average_precision_score(y, p))}
 
 

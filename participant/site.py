@@ -23,10 +23,11 @@ import json
 import logging
 import math
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,12 +36,9 @@ from chem.featurizers import FeaturizationSpec, check_compatible
 from chem.metrics import endpoint_metrics, headline_metric
 from chem.models import EndpointSpec, ModelSpec, build_model, get_weights, masked_loss, predict
 from chem.models import set_weights as load_weights
-from participant.calibration import Calibration, calibrate
 from participant.config import ParticipantConfig
 from participant.data import SiteData, load_site_data
-from participant.dp_sgd import dp_train
 from participant.heads import PrivateHeadStore
-from participant.ledger import PrivacyLedger
 from participant.outbox import Outbox, OutboxEntry, as_float32
 from participant.receipt_store import ReceiptStore
 from protocols.canonical import canonical_json, sha256_hex, tensors_digest
@@ -66,6 +64,10 @@ def _exclusive(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+if TYPE_CHECKING:
+    from participant.calibration import Calibration
+    from participant.ledger import PrivacyLedger
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,10 @@ class Site:
             participant_fingerprint=self.fingerprint, reason=reason, detail=detail[:500]))
 
     def _ledger(self, ins: RoundInstruction) -> PrivacyLedger:
+        # Opacus (accountants, sampler, noise) is imported on the train path only: it
+        # costs ~1.5 s in every fresh flwr-clientapp process, evaluate included.
+        from participant.ledger import PrivacyLedger
+
         return PrivacyLedger.open(self.cfg.state_dir, max_epsilon=self.cfg.max_epsilon,
                                   delta=self.cfg.delta, accountant=ins.dp_plan.accountant)  # type: ignore[arg-type]
 
@@ -161,6 +167,8 @@ class Site:
 
     def _calibration(self, ins: RoundInstruction, n_train: int, ledger: PrivacyLedger
                      ) -> Calibration:
+        from participant.calibration import Calibration, calibrate
+
         path = self.cfg.state_dir / "calibration.json"
         key = sha256_hex(canonical_json([ins.federation_id, ins.config_digest, n_train]))
         stored = json.loads(path.read_text()) if path.exists() else {}
@@ -227,6 +235,9 @@ class Site:
             data = load_site_data(self.cfg, fspec)
         except DataError as exc:
             return self._refusal(ins, "data-error", exc.diagnostics())
+        from participant.calibration import Calibration
+        from participant.dp_sgd import dp_train
+
         plan = ins.dp_plan
         try:
             if plan.unsafe_no_dp:
@@ -266,18 +277,22 @@ class Site:
         # the round's public inputs would let it subtract the noise. Retries resend
         # the outbox, so fresh entropy never means a second release.
         gen = torch.Generator().manual_seed(secrets.randbits(63))
+        started = time.perf_counter()
         result = dp_train(
             model, data.n_train,
             lambda pred, idx: masked_loss(pred, y[idx], m[idx], model.spec, reduction="none"),
             lambda idx: x[idx], noise_multiplier=cal.noise_multiplier,
             max_grad_norm=plan.max_grad_norm, sample_rate=cal.sample_rate,
             steps=cal.steps_per_round, optimizer=opt, generator=gen)
+        trained_s = time.perf_counter() - started
         new = get_weights(model)
         delta = as_float32({k: new[k] - global_arrays[k] for k in global_arrays})
         counts = {e: int(m[:, j].sum()) for j, e in enumerate(model.spec.endpoint_names)
                   if e in ins.consortium_endpoints}
         metrics: dict[str, float] = {"train-loss": result.mean_loss, "steps": result.steps,
                                      "num-examples": data.n_train,
+                                     # the coordinator's round-overhead figure needs it
+                                     "train-seconds": round(trained_s, 3),
                                      **{f"n.{e}": float(c) for e, c in counts.items()}}
         entry_eps = after
         unsigned = UpdateSubmission(
