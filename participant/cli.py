@@ -70,6 +70,9 @@ root-certificate = {_toml_str(root_certificate)}
 node-key = "keys/node_key"
 # The SuperNode's local runtime port; different for each SuperNode on one host.
 local-port = {local_port}
+# Seconds between the SuperExec's checks for a new task (Flower's default is 1.0);
+# each federated message waits for the next check.
+task-poll-interval = 0.2
 # Code pinning: by default the daemon runs only ClientApp code identical to the
 # installed fedadmet. To pin exact bundles instead, add a table (docs/deployment.md):
 # [code-pin]
@@ -131,7 +134,7 @@ def supernode_plan(cfg: ParticipantConfig) -> SuperNodePlan:
     return SuperNodePlan(superlink=coord.address, root_certificates=coord.root_certificate,
                          node_key=coord.node_key, port=coord.local_port,
                          node_config={"config": str(cfg.source), "state-dir": str(cfg.state_dir)},
-                         code_pin=coord.code_pin,
+                         code_pin=coord.code_pin, task_poll_interval=coord.task_poll_interval,
                          unsafe_run_unpinned_code=coord.unsafe_run_unpinned_code)
 
 

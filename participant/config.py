@@ -76,6 +76,8 @@ class CoordinatorConfig:
     root_certificate: Path
     node_key: Path
     local_port: int = 9094
+    # How often the SuperExec asks the SuperNode for a task (Flower's default: 1 s).
+    task_poll_interval: float = 0.2
     # The ClientApp code this member runs (``[code-pin]``; default: only the installed
     # fedadmet). Running whatever the coordinator sends needs the unsafe flag.
     code_pin: CodePin | None = field(default_factory=CodePin.installed)
@@ -219,10 +221,12 @@ def _coordinator(t: Table, resolve: Any, legacy_node_key: str | None, *,
     root_certificate = t.optional_text("root-certificate")
     node_key = t.optional_text("node-key")
     local_port = t.integer("local-port", 9094, min=1, max=65535)
+    # Flower's own bounds for FLWR_SUPEREXEC_TASK_POLL_INTERVAL (flwr 1.41).
+    poll = t.number("task-poll-interval", 0.2, min=0.01, max=60.0)
     unsafe = t.boolean("unsafe-run-unpinned-code", False)
     t.finish()  # typos first: "adress" is reported as itself, not as a missing address
     if address is None and root_certificate is None and node_key is None \
-            and not t.has("local-port"):
+            and not t.has("local-port") and not t.has("task-poll-interval"):
         return None  # no [coordinator]: simulation or fine-tune-only sites
     if legacy_node_key is not None and node_key is not None:
         raise t.error("node-key", "is given twice", got=legacy_node_key,
@@ -245,7 +249,7 @@ def _coordinator(t: Table, resolve: Any, legacy_node_key: str | None, *,
            else None if unsafe else CodePin.installed())
     return CoordinatorConfig(address=address, root_certificate=resolve(root_certificate),
                              node_key=resolve(node_key), local_port=local_port, code_pin=pin,
-                             unsafe_run_unpinned_code=unsafe)
+                             unsafe_run_unpinned_code=unsafe, task_poll_interval=poll)
 
 
 def _training(t: Table) -> LocalTrainingConfig:

@@ -35,6 +35,7 @@ from participant.pinning import CodePin
 from protocols.errors import ConfigError, DeploymentError
 
 __all__ = [
+    "DEFAULT_TASK_POLL_INTERVAL",
     "NodeProcesses",
     "SuperNodePlan",
     "flower_exit_code",
@@ -51,6 +52,9 @@ log = logging.getLogger("fedadmet.participant.daemon")
 REFUSED_EXIT_CODE = 305
 _FLOWER_EXIT = re.compile(r"Exit Code: (\d+)")
 _LOOPBACK_NO_PROXY = ("127.0.0.1", "localhost", "::1")
+TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+DEFAULT_TASK_POLL_INTERVAL = 0.2
+MIN_TASK_POLL_INTERVAL, MAX_TASK_POLL_INTERVAL = 0.01, 60.0  # flwr 1.41's own bounds
 # Every task runner SuperExec may launch (flwr 1.41 TASK_TYPE_TO_COMMAND). A member runs
 # only ClientApps; the others are shadowed by a refusal so no other code path opens.
 _OTHER_RUNNERS = ("flwr-agentapp", "flwr-connector", "flwr-model", "flwr-serverapp",
@@ -72,6 +76,9 @@ class SuperNodePlan:
     node_config: Mapping[str, str | int | float | bool] = field(default_factory=dict)
     code_pin: CodePin | None = field(default_factory=CodePin.installed)
     unsafe_run_unpinned_code: bool = False
+    # SuperExec's task poll (FLWR_SUPEREXEC_TASK_POLL_INTERVAL; Flower's default 1 s):
+    # every message waits for the next poll (benchmarks/round_overhead.py).
+    task_poll_interval: float = DEFAULT_TASK_POLL_INTERVAL
     executable: str = "flower-supernode"
     superexec_executable: str = "flower-superexec"
 
@@ -81,6 +88,10 @@ class SuperNodePlan:
                               "ClientApp code the coordinator sends", got="code_pin=None",
                               expected="a CodePin", fix="pin the reviewed bundle, or set "
                               "unsafe_run_unpinned_code=True to accept that risk knowingly")
+        if not MIN_TASK_POLL_INTERVAL <= self.task_poll_interval <= MAX_TASK_POLL_INTERVAL:
+            raise ConfigError("task_poll_interval", "is outside Flower's bounds",
+                              got=self.task_poll_interval,
+                              expected=f"{MIN_TASK_POLL_INTERVAL} to {MAX_TASK_POLL_INTERVAL} s")
         if self.code_pin is not None and self.unsafe_run_unpinned_code:
             raise ConfigError("unsafe_run_unpinned_code", "contradicts the code pin also given",
                               got=self.code_pin.describe(), fix="choose one of the two")
@@ -196,7 +207,7 @@ def start_node(plan: SuperNodePlan, *, work_dir: Path, log_path: Path,
     base = supernode_env(env)
     secret_file = work_dir / "superexec.secret"
     _write_private(secret_file, secrets.token_hex(32).encode(), mode=0o600)
-    exec_env = dict(base)
+    exec_env = {**base, TASK_POLL_ENV: str(plan.task_poll_interval)}
     if plan.code_pin is not None:
         pin_file, bin_dir = write_pin_runtime(plan.code_pin, work_dir)
         exec_env[PIN_ENV] = str(pin_file)

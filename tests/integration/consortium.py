@@ -26,9 +26,10 @@ from pathlib import Path
 from coordinator import checkpoint
 from coordinator.superlink import wait_healthy
 from participant.config import ParticipantConfig
-from participant.daemon import NodeProcesses, SuperNodePlan, start_node
+from participant.daemon import DEFAULT_TASK_POLL_INTERVAL, NodeProcesses, SuperNodePlan, start_node
 from participant.keys import MemberKeys, create_member_keys
 from participant.ledger import PrivacyLedger
+from participant.pinning import CodePin
 from protocols.signing import load_private_key, public_key_pem
 
 BIN = Path(sys.executable).parent
@@ -110,17 +111,20 @@ class Member:
     log: Path
     seed: int
     node: NodeProcesses | None = None
+    poll_interval: float = DEFAULT_TASK_POLL_INTERVAL
 
     def start(self) -> None:
-        self.node = start_node(self.plan, work_dir=self.site / "supernode-runtime",
-                               log_path=self.log, env=node_env())
+        self.node = start_node(replace(self.plan, task_poll_interval=self.poll_interval),
+                               work_dir=self.site / "supernode-runtime", log_path=self.log,
+                               env=env())
 
     def stop(self) -> None:
         if self.node is not None:
             self.node.stop(timeout_s=5)
             self.node = None
 
-    def serve(self, federation: str) -> None:
+    def serve(self, federation: str, *, poll_interval: float = DEFAULT_TASK_POLL_INTERVAL,
+              code_pin: CodePin | None = None) -> None:
         """Restart the SuperNode on a participant.toml whose state is this federation's.
 
         A site's receipt store and outbox hold one federation (receipts are kept by round
@@ -132,7 +136,9 @@ class Member:
             name=self.name, seed=self.seed, state=f"state-{federation}"), encoding="utf-8")
         ParticipantConfig.load(self.config)  # the file we hand the SuperNode must load
         self.stop()
-        self.plan = replace(self.plan, node_config={"config": str(self.config)})
+        self.poll_interval = poll_interval
+        self.plan = replace(self.plan, node_config={"config": str(self.config)},
+                            code_pin=code_pin or CodePin.installed())
         self.start()
 
     def state_dir(self) -> Path:
@@ -149,9 +155,6 @@ class Member:
                 if "SuperNode ID:" in line]
 
 
-def node_env() -> dict[str, str]:
-    # The SuperExec polls its SuperNode for tasks every 0.5 s instead of 1 s.
-    return {**env(), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.5"}
 
 
 @dataclass
@@ -206,11 +209,12 @@ class Consortium:
         return Member(name=name, site=site, keys=keys, config=config, plan=plan,
                       log=site / "supernode.log", seed=index)
 
-    def serve(self, federation: str) -> None:
+    def serve(self, federation: str, *, poll_interval: float = DEFAULT_TASK_POLL_INTERVAL,
+              code_pin: CodePin | None = None) -> None:
         """Every member serves ``federation`` from its own state directory (see Member)."""
         offsets = [m.log.stat().st_size if m.log.exists() else 0 for m in self.members]
         for m in self.members:
-            m.serve(federation)
+            m.serve(federation, poll_interval=poll_interval, code_pin=code_pin)
         for m, offset in zip(self.members, offsets, strict=True):
             wait_for(lambda m=m, offset=offset: "SuperNode ID:" in  # type: ignore[misc]
                      m.log.read_text(errors="replace")[offset:], timeout_s=90,

@@ -31,7 +31,6 @@ from tests.integration.consortium import (
     consortium,
     env,
     kill_group,
-    node_env,
     rounds_logged,
     wait_for,
 )
@@ -71,7 +70,7 @@ def test_three_members_finish_three_rounds_and_an_unenrolled_node_is_refused(
     # A fourth SuperNode whose key nobody enrolled, started while the run is live.
     stranger = fed.add_member(9, enroll=False)
     intruder = start_node(stranger.plan, work_dir=stranger.site / "runtime",
-                          log_path=stranger.log, env=node_env())
+                          log_path=stranger.log, env=env())
     try:
         rc = intruder.supernode.wait(timeout=90)
         assert flower_exit_code(stranger.log.read_text(errors="replace"), rc) \

@@ -35,7 +35,7 @@ def test_init_template_loads_and_drives_the_daemon_plan(tmp_path: Path) -> None:
     assert cfg.coordinator.root_certificate == (tmp_path / "ca.crt").resolve()
     assert cfg.coordinator.node_key == site / "keys" / "node_key"
     assert cfg.coordinator.node_key.exists() and cfg.node_key == cfg.coordinator.node_key
-    assert cfg.coordinator.local_port == 9200
+    assert cfg.coordinator.local_port == 9200 and cfg.coordinator.task_poll_interval == 0.2
     assert [(e.endpoint, e.column, e.task) for e in cfg.data.endpoints] == [
         ("lipophilicity", "logD", "regression")]
     assert cfg.data.files == (site / "data" / "assays.csv",)
@@ -44,6 +44,7 @@ def test_init_template_loads_and_drives_the_daemon_plan(tmp_path: Path) -> None:
     assert (plan.superlink, plan.port, plan.node_key) == ("fl.acme.test:8443", 9200,
                                                          site / "keys" / "node_key")
     assert plan.root_certificates == (tmp_path / "ca.crt").resolve()
+    assert plan.task_poll_interval == 0.2
     assert plan.node_config == {"config": str(toml.resolve()), "state-dir": str(site / "state")}
     # the plan's --node-config points the ClientApp at the same file
     assert ParticipantConfig.from_node_config(dict(plan.node_config)) == cfg
@@ -64,6 +65,10 @@ def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
      "fl.acme.test"),
     ("local-port = 9200", "local-port = 70000", "coordinator.local-port", "70000"),
     ("local-port = 9200", 'local-port = "9200"', "coordinator.local-port", "9200"),
+    ("task-poll-interval = 0.2", "task-poll-interval = 0.0", "coordinator.task-poll-interval",
+     "0.0"),
+    ("task-poll-interval = 0.2", "task-poll-interval = 90", "coordinator.task-poll-interval",
+     "90"),
     ('node-key = "keys/node_key"\n', "", "coordinator.node-key", "required"),
     ("max-epsilon = 8.0", "max-epsilon = -1.0", "participant.max-epsilon", "-1.0"),
     ('task = "regression"', 'task = "regresion"', "endpoints.lipophilicity.task",

@@ -62,6 +62,14 @@ def test_daemon_is_pinned_to_installed_code_by_default(tmp_path: Path) -> None:
     assert _plan(tmp_path).code_pin == CodePin.installed()
 
 
+@pytest.mark.parametrize("interval", [0.0, 0.001, 61.0, float("nan")])
+def test_task_poll_interval_outside_flowers_bounds_is_refused(tmp_path: Path,
+                                                              interval: float) -> None:
+    with pytest.raises(ConfigError, match="task_poll_interval"):
+        SuperNodePlan(superlink="127.0.0.1:1", root_certificates=tmp_path / "ca.crt",
+                      node_key=tmp_path / "k", port=9101, task_poll_interval=interval)
+
+
 def test_unpinned_daemon_needs_the_unsafe_flag(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="whatever ClientApp code"):
         _plan(tmp_path, code_pin=None)
@@ -106,11 +114,12 @@ def test_restarts_are_bounded_and_each_attempt_stops_its_superexec(tmp_path: Pat
 
     seen = tmp_path / "seen"
     node = _script(tmp_path / "node", f'echo "$NO_PROXY $HTTPS_PROXY" >> {seen}\nexit 1\n')
-    exe = _script(tmp_path / "exec", f'echo "$$ $FEDADMET_CODE_PIN" >> {seen}.exec\n'
+    exe = _script(tmp_path / "exec", f'echo "$$ $FEDADMET_CODE_PIN '
+                  f'$FLWR_SUPEREXEC_TASK_POLL_INTERVAL" >> {seen}.exec\n'
                   "command -v flwr-clientapp >> " + f"{seen}.exec\nexec sleep 60\n")
     plan = SuperNodePlan(superlink="127.0.0.1:1", root_certificates=tmp_path / "ca.crt",
                          node_key=tmp_path / "k", port=9101, executable=node,
-                         superexec_executable=exe)
+                         superexec_executable=exe, task_poll_interval=0.25)
     sleeps: list[float] = []
     os.environ["HTTPS_PROXY"] = "http://proxy:3128"
     try:
@@ -124,6 +133,7 @@ def test_restarts_are_bounded_and_each_attempt_stops_its_superexec(tmp_path: Pat
     lines = Path(f"{seen}.exec").read_text().splitlines()
     pids = [int(line.split()[0]) for line in lines[::2]]
     assert len(pids) == 3 and lines[0].split()[1].endswith("pin.json")
+    assert lines[0].split()[2] == "0.25"  # the plan's poll interval reaches the SuperExec
     assert lines[1] == str(tmp_path / "state" / "supernode-runtime" / "bin" / "flwr-clientapp")
     for pid in pids:  # each attempt's SuperExec was stopped with its SuperNode
         with pytest.raises(ProcessLookupError):
@@ -244,8 +254,7 @@ def test_tampered_bundle_is_refused(tmp_path: Path, superlink: tuple[int, Path])
                    env={**os.environ, "FLWR_HOME": str(flwr_home)})
     log_path = tmp_path / "supernode.log"
     node = start_node(plan, work_dir=tmp_path / "runtime", log_path=log_path,
-                      env={**os.environ, "MARKER_DIR": str(markers),
-                           "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"})
+                      env={**os.environ, "MARKER_DIR": str(markers)})
     runs: list[subprocess.Popen[bytes]] = []
     try:
         good_result = tmp_path / "good-result.json"
