@@ -98,6 +98,9 @@ class RoundSummary:
     evaluate: dict[str, float]
     max_claimed_epsilon: float
     seconds: float
+    # wall clock (s since the epoch) when the round began; consecutive starts give the
+    # full round time, tracking and checkpointing included
+    started_at: float = 0.0
     epsilon: dict[str, float] = field(default_factory=dict)
     # participant-level ε of the central-DP release so far (None: central DP off)
     central_epsilon: float | None = None
@@ -261,7 +264,7 @@ class Federation:
     # ---------------------------------------------------------------- round
     def run_round(self, round: int) -> RoundSummary:
         """One full round; raises RoundFailedError if too few updates are admitted."""
-        t0 = time.perf_counter()
+        t0, started_at = time.perf_counter(), time.time()
         online = wait_for_participants(self.grid.get_node_ids,
                                        min_participants=self.cfg.min_participants,
                                        timeout=self.cfg.join_timeout)
@@ -280,6 +283,7 @@ class Federation:
         reasons: dict[str, str] = {}
         accepted: list[tuple[str, Any, float]] = []
         train_sums: dict[str, float] = {}
+        slowest = 0.0  # seconds of DP-SGD of the slowest admitted member
         endpoints = [e.name for e in self.cfg.model.endpoints]
         for node, reply in self._exchange("train", round, nodes, base, round - 1):
             fallback = self.node_ids.get(str(node), f"node:{node}")
@@ -343,6 +347,7 @@ class Federation:
             accepted.append((sub.participant_fingerprint, sub, weight))
             for k, v in decoded.metrics.items():
                 train_sums[k] = train_sums.get(k, 0.0) + v * (weight if k == "train-loss" else 1)
+            slowest = max(slowest, float(decoded.metrics.get("train-seconds", 0.0)))
         if len(accepted) < self.cfg.min_participants:
             raise RoundFailedError(
                 f"round {round}: only {len(accepted)} update(s) admitted",
@@ -376,12 +381,14 @@ class Federation:
             dropped=sum(1 for x in leaves if x.status == "dropped"),
             refused=sum(1 for x in leaves if x.status == "refused"), reasons=reasons,
             model_digest=new_digest, receipt_hash=rhash,
-            train={"train-loss": train_sums.get("train-loss", 0.0) / max(total, 1e-12)},
+            train={"train-loss": train_sums.get("train-loss", 0.0) / max(total, 1e-12),
+                   # the slowest member bounds the round (benchmarks/round_overhead.py)
+                   "train-seconds-max": slowest},
             evaluate={},
             max_claimed_epsilon=max((s.claimed_epsilon for _, s, _ in accepted), default=0.0),
             epsilon={fpr: s.claimed_epsilon for fpr, s, _ in accepted},
             central_epsilon=self.central.epsilon() if self.central is not None else None,
-            seconds=time.perf_counter() - t0)
+            seconds=time.perf_counter() - t0, started_at=started_at)
         # The summary rides in the checkpoint so a crash during evaluation loses nothing.
         checkpoint.save(self.state_dir, checkpoint.Checkpoint(
             round=round, weights=new, optimizer=self.opt.state_dict(),
