@@ -69,17 +69,17 @@ def test_killed_simulation_resumes_without_losing_or_repeating_a_round(tmp_path:
     key = load_public_key((out / "seed-0" / "coordinator" / "keys" /
                            "receipt-signing.pub").read_bytes())
     report = verify_chain([p.read_bytes() for p in receipts], coordinator_key=key)
-    assert report.ok and report.verified == 3
+    assert report.ok and report.verified == 2
     lines = (state / "rounds.jsonl").read_text(encoding="utf-8").splitlines()
     logged = [json.loads(line) for line in lines]
-    assert [r["round"] for r in logged] == [1, 2, 3]
+    assert [r["round"] for r in logged] == [1, 2]
     # what benchmarks/round_overhead.py reads: round starts and the slowest member's DP-SGD
-    assert logged[0]["started_at"] < logged[1]["started_at"] < logged[2]["started_at"]
+    assert logged[0]["started_at"] < logged[1]["started_at"]
     assert all(0 < r["train"]["train-seconds-max"] < r["seconds"] for r in logged)
     for partner in ("partner-0", "partner-1"):
         ledger = PrivacyLedger.open(out / "seed-0" / partner / "state", max_epsilon=32.0,
                                     delta=1e-5)
-        assert [e.round for e in ledger.entries()] == [1, 2, 3]
+        assert [e.round for e in ledger.entries()] == [1, 2]
         assert 0 < ledger.epsilon() <= 32.0
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    assert [r["round"] for r in results["seeds"][0]["rounds"]] == [1, 2, 3]
+    assert [r["round"] for r in results["seeds"][0]["rounds"]] == [1, 2]
