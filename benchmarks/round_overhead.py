@@ -9,8 +9,9 @@ through the public port. On that one set-up, for each SuperExec task poll interv
 
 - **ours**: the consortium FAB (``coordinator.server_app`` / ``participant.client_app``),
   submitted with ``fedadmet coordinator run``: DP-SGD train, admission, aggregation,
-  signed receipt, checkpoint and an evaluate message per round. Per-round wall time and
-  the slowest member's DP-SGD seconds come from the federation's ``rounds.jsonl``;
+  signed receipt, checkpoint and an evaluate message per round. Round starts come from
+  the federation's ``rounds.jsonl``, the slowest member's DP-SGD seconds from the
+  members' own logs (a site never sends its training time);
 - **stock**: a trivial Flower app (``tests/integration/trivial_app``: Flower's own
   ``FedAvg.start`` with a train and an evaluate message per round, a 4-float model),
   submitted with ``flwr run`` over loopback. Its ServerApp stamps each round's end.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -51,6 +53,8 @@ from tests.integration.consortium import (  # noqa: E402
 )
 
 TRIVIAL_APP = REPO / "tests" / "integration" / "trivial_app"
+# participant.site: "<federation> round <r>: <n> DP-SGD steps in <s> s"
+TRAINED = re.compile(r"(\S+) round (\d+): \d+ DP-SGD steps in ([0-9.]+) s")
 
 
 def trivial_pin(work: Path) -> tuple[Path, CodePin]:
@@ -83,8 +87,23 @@ def run_ours(c: Consortium, name: str, *, rounds: int, members: int) -> dict[str
     # start to next start: tracking and checkpointing count too (the last round: its own)
     rounds_s = [b - a for a, b in itertools.pairwise(starts)] + [float(logged[-1]["seconds"])]  # type: ignore[arg-type]
     return {"submit_to_done_s": wall, "round_s": rounds_s,
-            "train_s": [float(r["train"].get("train-seconds-max", 0.0))  # type: ignore[union-attr]
-                        for r in logged]}
+            "train_s": slowest_training(c, name, rounds=len(logged))}
+
+
+def slowest_training(c: Consortium, federation: str, *, rounds: int) -> list[float]:
+    """Per round, the slowest member's DP-SGD seconds, from the members' own logs.
+
+    Sites log it and never send it (it tracks the Poisson batch sizes).
+    """
+    slowest = [0.0] * rounds
+    for m in c.members:
+        for fed, rnd, seconds in TRAINED.findall(m.log.read_text(errors="replace")):
+            if fed == federation and 1 <= int(rnd) <= rounds:
+                slowest[int(rnd) - 1] = max(slowest[int(rnd) - 1], float(seconds))
+    if not all(slowest):
+        raise SystemExit(f"{federation}: a round without any member's training time in the "
+                         "logs (participant.site logs it at INFO)")
+    return slowest
 
 
 def run_stock(c: Consortium, app: Path, work: Path, *, rounds: int,

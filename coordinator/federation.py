@@ -283,7 +283,6 @@ class Federation:
         reasons: dict[str, str] = {}
         accepted: list[tuple[str, Any, float]] = []
         train_sums: dict[str, float] = {}
-        slowest = 0.0  # seconds of DP-SGD of the slowest admitted member
         endpoints = [e.name for e in self.cfg.model.endpoints]
         for node, reply in self._exchange("train", round, nodes, base, round - 1):
             fallback = self.node_ids.get(str(node), f"node:{node}")
@@ -347,7 +346,6 @@ class Federation:
             accepted.append((sub.participant_fingerprint, sub, weight))
             for k, v in decoded.metrics.items():
                 train_sums[k] = train_sums.get(k, 0.0) + v * (weight if k == "train-loss" else 1)
-            slowest = max(slowest, float(decoded.metrics.get("train-seconds", 0.0)))
         if len(accepted) < self.cfg.min_participants:
             raise RoundFailedError(
                 f"round {round}: only {len(accepted)} update(s) admitted",
@@ -381,9 +379,7 @@ class Federation:
             dropped=sum(1 for x in leaves if x.status == "dropped"),
             refused=sum(1 for x in leaves if x.status == "refused"), reasons=reasons,
             model_digest=new_digest, receipt_hash=rhash,
-            train={"train-loss": train_sums.get("train-loss", 0.0) / max(total, 1e-12),
-                   # the slowest member bounds the round (benchmarks/round_overhead.py)
-                   "train-seconds-max": slowest},
+            train={"train-loss": train_sums.get("train-loss", 0.0) / max(total, 1e-12)},
             evaluate={},
             max_claimed_epsilon=max((s.claimed_epsilon for _, s, _ in accepted), default=0.0),
             epsilon={fpr: s.claimed_epsilon for fpr, s, _ in accepted},

@@ -21,6 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from participant.daemon import (
+    DEFAULT_TASK_POLL_INTERVAL,
+    MAX_TASK_POLL_INTERVAL,
+    MIN_TASK_POLL_INTERVAL,
+)
 from participant.pinning import CodePin
 from protocols.errors import ConfigError
 from protocols.settings import Table
@@ -77,7 +82,7 @@ class CoordinatorConfig:
     node_key: Path
     local_port: int = 9094
     # How often the SuperExec asks the SuperNode for a task (Flower's default: 1 s).
-    task_poll_interval: float = 0.2
+    task_poll_interval: float = DEFAULT_TASK_POLL_INTERVAL
     # The ClientApp code this member runs (``[code-pin]``; default: only the installed
     # fedadmet). Running whatever the coordinator sends needs the unsafe flag.
     code_pin: CodePin | None = field(default_factory=CodePin.installed)
@@ -221,8 +226,8 @@ def _coordinator(t: Table, resolve: Any, legacy_node_key: str | None, *,
     root_certificate = t.optional_text("root-certificate")
     node_key = t.optional_text("node-key")
     local_port = t.integer("local-port", 9094, min=1, max=65535)
-    # Flower's own bounds for FLWR_SUPEREXEC_TASK_POLL_INTERVAL (flwr 1.41).
-    poll = t.number("task-poll-interval", 0.2, min=0.01, max=60.0)
+    poll = t.number("task-poll-interval", DEFAULT_TASK_POLL_INTERVAL,
+                    min=MIN_TASK_POLL_INTERVAL, max=MAX_TASK_POLL_INTERVAL)
     unsafe = t.boolean("unsafe-run-unpinned-code", False)
     t.finish()  # typos first: "adress" is reported as itself, not as a missing address
     if address is None and root_certificate is None and node_key is None \

@@ -8,8 +8,11 @@ as Flower serialises it for the wire, object by object.
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,6 +145,28 @@ def test_train_reply_leaks_no_smiles_or_per_example_data(
     found = _findings(reply.content, wire, smiles=exp.smiles, private_names=exp.private_names,
                       sizes=exp.sizes, shared_shapes=exp.shared_shapes)
     assert found == []
+
+
+def test_train_metrics_are_the_reviewed_aggregates_only(
+        site_reply: tuple[SiteKit, Message]) -> None:
+    """A new metric must be reviewed here first: e.g. the DP-SGD wall time would track the
+    Poisson batch sizes, which the accountant assumes hidden."""
+    kit, reply = site_reply
+    decoded = codec.decode_train_reply(reply.content)
+    endpoints = {f"n.{e}" for e in kit.model_spec.endpoint_names}
+    assert set(decoded.metrics) == {"train-loss", "steps", "num-examples"} | endpoints
+
+
+def test_training_time_is_logged_on_site(task_identity: None, tmp_path: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    kit = make_site(tmp_path, n=120)
+    with caplog.at_level(logging.INFO, logger="participant.site"):
+        reply = _call(kit, "train")
+    assert not reply.has_error(), reply.error
+    lines = [r.getMessage() for r in caplog.records if "DP-SGD steps in" in r.getMessage()]
+    fed = kit.instruction().federation_id
+    assert len(lines) == 1 and re.fullmatch(rf"{re.escape(fed)} round 1: \d+ DP-SGD steps in "
+                                            r"[0-9.]+ s", lines[0]), lines
 
 
 def test_leak_scan_catches_a_planted_smiles_and_a_per_example_array(

@@ -73,9 +73,8 @@ def test_killed_simulation_resumes_without_losing_or_repeating_a_round(tmp_path:
     lines = (state / "rounds.jsonl").read_text(encoding="utf-8").splitlines()
     logged = [json.loads(line) for line in lines]
     assert [r["round"] for r in logged] == [1, 2]
-    # what benchmarks/round_overhead.py reads: round starts and the slowest member's DP-SGD
+    # what benchmarks/round_overhead.py reads: when each round started
     assert logged[0]["started_at"] < logged[1]["started_at"]
-    assert all(0 < r["train"]["train-seconds-max"] < r["seconds"] for r in logged)
     for partner in ("partner-0", "partner-1"):
         ledger = PrivacyLedger.open(out / "seed-0" / partner / "state", max_epsilon=32.0,
                                     delta=1e-5)
