@@ -65,6 +65,7 @@ def _exclusive(path: Path) -> Iterator[None]:
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
+
 if TYPE_CHECKING:
     from participant.calibration import Calibration
     from participant.ledger import PrivacyLedger

@@ -111,12 +111,10 @@ class Member:
     log: Path
     seed: int
     node: NodeProcesses | None = None
-    poll_interval: float = DEFAULT_TASK_POLL_INTERVAL
 
     def start(self) -> None:
-        self.node = start_node(replace(self.plan, task_poll_interval=self.poll_interval),
-                               work_dir=self.site / "supernode-runtime", log_path=self.log,
-                               env=env())
+        self.node = start_node(self.plan, work_dir=self.site / "supernode-runtime",
+                               log_path=self.log, env=env())
 
     def stop(self) -> None:
         if self.node is not None:
@@ -136,9 +134,9 @@ class Member:
             name=self.name, seed=self.seed, state=f"state-{federation}"), encoding="utf-8")
         ParticipantConfig.load(self.config)  # the file we hand the SuperNode must load
         self.stop()
-        self.poll_interval = poll_interval
         self.plan = replace(self.plan, node_config={"config": str(self.config)},
-                            code_pin=code_pin or CodePin.installed())
+                            code_pin=code_pin or CodePin.installed(),
+                            task_poll_interval=poll_interval)
         self.start()
 
     def state_dir(self) -> Path:
@@ -153,8 +151,6 @@ class Member:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return [int(line.rsplit(":", 1)[1]) for line in text.splitlines()
                 if "SuperNode ID:" in line]
-
-
 
 
 @dataclass
