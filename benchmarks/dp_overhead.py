@@ -6,15 +6,23 @@ heads add 257 parameters each) and the older 2048-512. For each (model,
 batch) the arms run interleaved, ``--reps`` times each:
 
 - plain: the same Poisson sampler (Opacus's ``UniformWithReplacementSampler``,
-  rate batch/N, N/batch steps), the same SGD, ordinary autograd backward;
-- dp: ``participant.dp_sgd.dp_train`` (exact per-sample clipping, fresh
-  Gaussian noise every step), ``secure_mode`` off (the shipped default);
-- dp-secure: the same with Opacus's floating-point-attack-resistant noise;
+  rate batch/N, N/batch steps), the same SGD, ordinary autograd backward on
+  dense inputs: what non-private PyTorch training does;
+- plain-sparse: the same, but the first layer reads CSR batches
+  (``chem.sparse_rows``) with its weight column-major: the fastest
+  non-private path we have, so that the DP overhead is not flattered by the
+  sparse kernels;
+- dp: ``participant.dp_sgd.dp_train`` as a site runs it (CSR batches, exact
+  per-sample clipping, fresh Gaussian noise every step), ``secure_mode`` off
+  (the shipped default);
+- dp-dense: the same on dense inputs (the path for non-sparse features);
+- dp-secure: CSR batches with Opacus's floating-point-attack-resistant noise;
 - opacus-ghost (``--opacus-ghost``, 2048-512 only, slow): Opacus's ghost
   clipping through ``PrivacyEngine``.
 
-The ratio reported is the median over reps of (arm epoch / plain epoch of
-the same rep), so a load spike from other processes hits both sides.
+The ratios reported are medians over reps of (arm epoch / plain epoch of the
+same rep), and of (arm epoch / plain-sparse epoch), so a load spike from
+other processes hits both sides.
 Prints JSON, then a table.
 
     python benchmarks/dp_overhead.py [--reps 7] [--threads 2] [--opacus-ghost]
@@ -35,6 +43,7 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from chem.featurizers import featurize, get_spec
 from chem.models import EndpointSpec, ModelSpec, build_model, masked_loss
+from chem.sparse_rows import SparseRows, column_major, sparse_input
 from chem.tables import load_table
 from participant.dp_sgd import dp_train
 
@@ -73,16 +82,38 @@ def plain_epoch(spec: ModelSpec, data: Data, batch: int, seed: int) -> float:
     return time.perf_counter() - t
 
 
-def dp_epoch(spec: ModelSpec, data: Data, batch: int, seed: int, *, secure: bool) -> float:
+def plain_sparse_epoch(spec: ModelSpec, data: Data, rows: SparseRows, batch: int,
+                       seed: int) -> float:
+    x, y, mask = data
+    model = build_model(spec, seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    q = batch / len(x)
+    sampler = UniformWithReplacementSampler(num_samples=len(x), sample_rate=q,
+                                            generator=torch.Generator().manual_seed(seed))
+    first = model.trunk[0]
+    assert isinstance(first, torch.nn.Linear)
+    t = time.perf_counter()
+    with sparse_input(model), column_major([first.weight]):
+        for indices in sampler:
+            idx = torch.as_tensor(indices, dtype=torch.long)
+            opt.zero_grad()
+            loss = masked_loss(model(rows.gather(idx)), y[idx], mask[idx], spec)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+    return time.perf_counter() - t
+
+
+def dp_epoch(spec: ModelSpec, data: Data, rows: SparseRows | None, batch: int, seed: int, *,
+             secure: bool) -> float:
     x, y, mask = data
     model = build_model(spec, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     q = batch / len(x)
     t = time.perf_counter()
     dp_train(model, len(x), lambda p, i: masked_loss(p, y[i], mask[i], spec, reduction="none"),
-             lambda i: x[i], noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=q,
-             steps=int(1 / q), optimizer=opt, generator=torch.Generator().manual_seed(seed),
-             secure_mode=secure)
+             (lambda i: x[i]) if rows is None else rows.gather, noise_multiplier=1.0,
+             max_grad_norm=1.0, sample_rate=q, steps=int(1 / q), optimizer=opt,
+             generator=torch.Generator().manual_seed(seed), secure_mode=secure)
     return time.perf_counter() - t
 
 
@@ -105,30 +136,34 @@ def opacus_ghost_epoch(spec: ModelSpec, data: Data, batch: int, seed: int) -> fl
     return time.perf_counter() - t
 
 
-def measure(data: Data, hidden: int, batch: int, reps: int, ghost: bool) -> dict[str, object]:
+def measure(data: Data, rows: SparseRows, hidden: int, batch: int, reps: int,
+            ghost: bool) -> dict[str, object]:
     spec = _spec(hidden)
     arms: dict[str, Callable[[int], float]] = {
         "plain": lambda s: plain_epoch(spec, data, batch, s),
-        "dp": lambda s: dp_epoch(spec, data, batch, s, secure=False),
-        "dp-secure": lambda s: dp_epoch(spec, data, batch, s, secure=True),
+        "plain-sparse": lambda s: plain_sparse_epoch(spec, data, rows, batch, s),
+        "dp": lambda s: dp_epoch(spec, data, rows, batch, s, secure=False),
+        "dp-dense": lambda s: dp_epoch(spec, data, None, batch, s, secure=False),
+        "dp-secure": lambda s: dp_epoch(spec, data, rows, batch, s, secure=True),
     }
     if ghost:
         arms["opacus-ghost"] = lambda s: opacus_ghost_epoch(spec, data, batch, s)
-    arms["plain"](0)  # warm-up: allocator, OpenMP pool, first-touch pages
-    arms["dp"](0)
+    for warm in arms.values():  # allocator, OpenMP pool, first-touch pages
+        warm(0)
     times: dict[str, list[float]] = {a: [] for a in arms}
     for rep in range(reps):
         for arm, run in arms.items():  # interleaved: a load spike hits every arm alike
             times[arm].append(run(rep + 1))
-    plain = np.asarray(times["plain"])
     row: dict[str, object] = {"model": f"2048-{hidden}-1", "batch": batch,
                               "params": sum(p.numel() for p in build_model(spec).parameters())}
     for arm, ts in times.items():
         row[f"{arm}_s_per_epoch"] = float(np.median(ts))
-        if arm != "plain":
-            ratios = np.asarray(ts) / plain
-            row[f"ratio_{arm}"] = float(np.median(ratios))
-            row[f"ratio_{arm}_min_max"] = [float(ratios.min()), float(ratios.max())]
+        for base, suffix in (("plain", ""), ("plain-sparse", "_vs_sparse")):
+            if arm in (base, "plain"):
+                continue
+            ratios = np.asarray(ts) / np.asarray(times[base])
+            row[f"ratio_{arm}{suffix}"] = float(np.median(ratios))
+            row[f"ratio_{arm}{suffix}_min_max"] = [float(ratios.min()), float(ratios.max())]
     return row
 
 
@@ -143,19 +178,22 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)  # Opacus's secure-RNG/hook notes
     torch.set_num_threads(args.threads)
     data = _data(args.cache)
+    sparse = SparseRows.from_dense(data[0])
     wanted = {tuple(int(v) for v in c.split("x")) for c in args.only.split(",") if c}
-    rows = [measure(data, h, b, args.reps, args.opacus_ghost and h == 512)
+    rows = [measure(data, sparse, h, b, args.reps, args.opacus_ghost and h == 512)
             for h, b in CONFIGS if not wanted or (h, b) in wanted]
     print(json.dumps({"dataset": "lipophilicity", "n": len(data[0]), "threads": args.threads,
-                      "reps": args.reps, "rows": rows}, indent=2))
-    print(f"\n{'model':<12}{'batch':>6}{'plain s':>9}{'dp s':>8}{'dp/plain':>10}"
-          f"{'secure s':>10}{'secure/plain':>14}{'ghost/plain':>13}")
+                      "density": sparse.density, "reps": args.reps, "rows": rows}, indent=2))
+    print("\nepoch seconds (median), then ratios to plain (dense autograd) and to plain-sparse")
+    print(f"{'model':<12}{'batch':>6}{'plain':>8}{'p-sparse':>9}{'dp':>8}{'dp/plain':>10}"
+          f"{'dp/p-sparse':>12}{'dense/plain':>12}{'secure/plain':>13}{'ghost/plain':>12}")
     for r in rows:
         ghost = r.get("ratio_opacus-ghost")
-        print(f"{r['model']:<12}{r['batch']:>6}{r['plain_s_per_epoch']:>9.3f}"
-              f"{r['dp_s_per_epoch']:>8.3f}{r['ratio_dp']:>9.2f}x"
-              f"{r['dp-secure_s_per_epoch']:>10.3f}{r['ratio_dp-secure']:>13.2f}x"
-              + (f"{ghost:>12.2f}x" if isinstance(ghost, float) else f"{'-':>13}"))
+        print(f"{r['model']:<12}{r['batch']:>6}{r['plain_s_per_epoch']:>8.3f}"
+              f"{r['plain-sparse_s_per_epoch']:>9.3f}{r['dp_s_per_epoch']:>8.3f}"
+              f"{r['ratio_dp']:>9.2f}x{r['ratio_dp_vs_sparse']:>11.2f}x"
+              f"{r['ratio_dp-dense']:>11.2f}x{r['ratio_dp-secure']:>12.2f}x"
+              + (f"{ghost:>11.2f}x" if isinstance(ghost, float) else f"{'-':>12}"))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,15 @@ draws each step's noise on a helper thread beside the training arithmetic
 Opacus's own noise sampler; batches come from Opacus's Poisson
 ``UniformWithReplacementSampler``.
 
+Fingerprint inputs are ~98% zeros. When ``batch_inputs`` returns CSR rows
+(``chem.sparse_rows.SparseBatch``), the Linear layer that reads them runs on
+the non-zeros only: forward ``X W^T`` and weight gradient ``X^T (c * G)``
+from CSR, ``||a_i||^2`` from the stored values, and its weight is kept
+column-major during training so both kernels read and write contiguous
+memory. The clipping and noise are unchanged; the result equals the dense
+path up to float summation order (tested with Opacus and against the dense
+path step for step).
+
 The path is exact DP-SGD for networks whose parameters all live in
 ``nn.Linear`` layers applied once per forward to 2-D inputs, combined with
 parameter-free modules (ReLU, Dropout, ...). Anything else is refused
@@ -36,13 +45,15 @@ parameter-free modules (ReLU, Dropout, ...). Anything else is refused
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
+from chem.sparse_rows import SparseBatch, column_major, sparse_input
 from participant.gaussian_noise import StepNoise
 from protocols.errors import ConfigError
 
@@ -50,6 +61,8 @@ __all__ = ["ClippedGradients", "DPTrainingResult", "clip_and_sum", "dp_train", "
 
 # Per-sample losses from model outputs for one batch: (pred, batch_index) -> (B,)
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# A batch of model inputs: dense (B, d), or CSR rows for mostly-zero fingerprints.
+Inputs = torch.Tensor | SparseBatch
 
 
 def linear_layers(model: nn.Module) -> list[nn.Linear]:
@@ -91,26 +104,30 @@ class _Tape:
 
     def __init__(self, linears: list[nn.Linear]) -> None:
         self.linears = linears
-        self.inputs: dict[nn.Linear, torch.Tensor] = {}
+        self.inputs: dict[nn.Linear, Inputs] = {}
         self.outputs: dict[nn.Linear, torch.Tensor] = {}
         self._handles = [m.register_forward_hook(self._hook) for m in linears]
 
-    def _hook(self, module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+    def _hook(self, module: nn.Module, args: tuple[Inputs, ...], out: torch.Tensor) -> None:
         assert isinstance(module, nn.Linear)
         if module in self.outputs:
             raise ConfigError("model", "a Linear layer is applied twice in one forward pass",
                               got=repr(module), expected="each Linear used once")
-        if args[0].dim() != 2:
+        x = args[0]
+        if isinstance(x, SparseBatch):
+            self.inputs[module] = x
+        elif x.dim() != 2:
             raise ConfigError("model", "the fast DP-SGD path needs 2-D Linear inputs",
-                              got=tuple(args[0].shape), expected="(batch, features)")
-        self.inputs[module] = args[0].detach()
+                              got=tuple(x.shape), expected="(batch, features)")
+        else:
+            self.inputs[module] = x.detach()
         self.outputs[module] = out
 
     def close(self) -> None:
         for h in self._handles:
             h.remove()
 
-    def forward(self, model: nn.Module, x: torch.Tensor,
+    def forward(self, model: nn.Module, x: Inputs,
                 loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """Per-sample losses, recording each Linear's input and output."""
         self.inputs.clear()
@@ -133,10 +150,9 @@ class _Tape:
             if g is None:
                 continue
             present[m] = g
-            # One fused reduction per row; pow(2).sum() allocated a (B, d) temporary.
             g_sq = torch.linalg.vector_norm(g, dim=1).square_()
             if m.weight.requires_grad:
-                norm_sq.addcmul_(torch.linalg.vector_norm(self.inputs[m], dim=1).square_(), g_sq)
+                norm_sq.addcmul_(_squared_row_norms(self.inputs[m]), g_sq)
             if m.bias is not None and m.bias.requires_grad:
                 norm_sq += g_sq
         norms = norm_sq.sqrt_()
@@ -146,7 +162,15 @@ class _Tape:
                                         loss_sum=float(losses.detach().sum()))
 
 
-def clip_and_sum(model: nn.Module, x: torch.Tensor, loss_fn: Callable[[torch.Tensor],
+def _squared_row_norms(x: Inputs) -> torch.Tensor:
+    if isinstance(x, SparseBatch):
+        return x.squared_row_norms()
+    # One fused reduction per row; pow(2).sum() allocated a (B, d) temporary.
+    sq: torch.Tensor = torch.linalg.vector_norm(x, dim=1).square_()
+    return sq
+
+
+def clip_and_sum(model: nn.Module, x: Inputs, loss_fn: Callable[[torch.Tensor],
                  torch.Tensor], *, max_grad_norm: float) -> ClippedGradients:
     """Write the sum of clipped per-sample gradients into each ``p.grad``.
 
@@ -154,18 +178,24 @@ def clip_and_sum(model: nn.Module, x: torch.Tensor, loss_fn: Callable[[torch.Ten
     """
     tape = _Tape(linear_layers(model))
     try:
-        scaled, result = tape.clip(tape.forward(model, x, loss_fn), max_grad_norm=max_grad_norm)
+        with sparse_input(model):
+            losses = tape.forward(model, x, loss_fn)
+        scaled, result = tape.clip(losses, max_grad_norm=max_grad_norm)
         for m in tape.linears:
             gc = scaled.get(m)
             for p, is_weight in ((m.weight, True), (m.bias, False)):
                 if p is None or not p.requires_grad:
                     continue
+                inputs = tape.inputs.get(m)
                 if gc is None:
                     p.grad = torch.zeros_like(p)
-                elif is_weight:
-                    torch.mm(gc.t(), tape.inputs[m], out=_grad_buffer(p))
-                else:
+                elif not is_weight:
                     torch.sum(gc, dim=0, out=_grad_buffer(p))
+                elif isinstance(inputs, SparseBatch):
+                    _grad_buffer(p).copy_(inputs.transposed_matmul(gc).t())
+                else:
+                    assert inputs is not None
+                    torch.mm(gc.t(), inputs, out=_grad_buffer(p))
     finally:
         tape.close()
     return result
@@ -184,7 +214,7 @@ def dp_train(
     model: nn.Module,
     n_examples: int,
     batch_loss: LossFn,
-    batch_inputs: Callable[[torch.Tensor], torch.Tensor],
+    batch_inputs: Callable[[torch.Tensor], Inputs],
     *,
     noise_multiplier: float,
     max_grad_norm: float,
@@ -196,7 +226,9 @@ def dp_train(
 ) -> DPTrainingResult:
     """Run ``steps`` DP-SGD steps with Poisson sampling at ``sample_rate``.
 
-    ``batch_inputs(idx)`` returns the model input for the sampled indices and
+    ``batch_inputs(idx)`` returns the model input for the sampled indices
+    (a dense tensor, or a ``chem.sparse_rows.SparseBatch`` for fingerprints:
+    the Linear layer that reads it then runs on the non-zeros only) and
     ``batch_loss(pred, idx)`` the per-sample losses. The privacy cost of the
     call is ``steps`` compositions of the subsampled Gaussian mechanism at
     (``noise_multiplier``, ``sample_rate``): the caller accounts for it.
@@ -231,12 +263,16 @@ def dp_train(
     if helper:
         torch.set_num_threads(threads - 1)
     try:
-        with StepNoise(sum(p.numel() for p in params), std=noise_multiplier * max_grad_norm,
-                       generator=generator, secure_mode=secure_mode, helper=helper,
-                       dtype=dtypes.pop() if dtypes else torch.float32) as noise:
+        with ExitStack() as stack:
+            stack.enter_context(sparse_input(model))
+            noise = stack.enter_context(StepNoise(
+                sum(p.numel() for p in params), std=noise_multiplier * max_grad_norm,
+                generator=generator, secure_mode=secure_mode, helper=helper,
+                dtype=dtypes.pop() if dtypes else torch.float32))
             # Each p.grad is a view of its step's noise buffer: the clipped sum is
-            # accumulated onto the noise in place, with no copy.
-            views = [_views(b, params) for b in noise.buffers]
+            # accumulated onto the noise in place, with no copy. Laid out once the
+            # first batch shows which weights read CSR inputs.
+            views: list[list[torch.Tensor]] | None = None
             noise.begin()
             for indices in sampler:
                 idx = torch.as_tensor(indices, dtype=torch.long)
@@ -245,6 +281,8 @@ def dp_train(
                     return batch_loss(pred, i)
 
                 losses = tape.forward(model, batch_inputs(idx), per_sample)
+                if views is None:
+                    views = _lay_out(stack, noise.buffers, params, tape.inputs)
                 slot = noise.take()
                 done += 1
                 scaled, result = tape.clip(losses, max_grad_norm=max_grad_norm)
@@ -270,10 +308,27 @@ def dp_train(
                             clipped_fraction=clipped / max(total_n, 1))
 
 
-def _views(buffer: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+def _lay_out(stack: ExitStack, buffers: tuple[torch.Tensor, ...], params: list[torch.Tensor],
+             inputs: dict[nn.Linear, Inputs]) -> list[list[torch.Tensor]]:
+    """Per-buffer gradient views; weights that read CSR inputs go column-major.
+
+    The CSR kernels read ``W^T`` (forward) and write ``X^T G`` (gradient) as
+    contiguous (in, out) matrices, so those weights, and their gradient views,
+    are stored transposed until ``dp_train`` returns.
+    """
+    moved = {id(m.weight) for m, x in inputs.items()
+             if isinstance(x, SparseBatch) and m.weight.requires_grad}
+    stack.enter_context(column_major(p for p in params if id(p) in moved))
+    return [_views(b, params, moved) for b in buffers]
+
+
+def _views(buffer: torch.Tensor, params: list[torch.Tensor],
+           transposed: Container[int] = frozenset()) -> list[torch.Tensor]:
     views, offset = [], 0
     for p in params:
-        views.append(buffer[offset:offset + p.numel()].view_as(p))
+        flat = buffer[offset:offset + p.numel()]
+        views.append(flat.view(p.shape[1], p.shape[0]).t() if id(p) in transposed
+                     else flat.view_as(p))
         offset += p.numel()
     return views
 
@@ -282,7 +337,7 @@ def _views(buffer: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tenso
 def _add_clipped_sums(params: list[torch.Tensor], views: list[torch.Tensor],
                       owner: dict[int, tuple[nn.Linear, bool]],
                       scaled: dict[nn.Linear, torch.Tensor],
-                      inputs: dict[nn.Linear, torch.Tensor], *, scale: float) -> None:
+                      inputs: dict[nn.Linear, Inputs], *, scale: float) -> None:
     """``p.grad = (clipped sum + noise) * scale``, with the noise already in ``p.grad``.
 
     Opacus's order (noise onto the clipped sum, then divide by the expected
@@ -292,9 +347,14 @@ def _add_clipped_sums(params: list[torch.Tensor], views: list[torch.Tensor],
         p.grad = grad
         m, is_weight = owner[id(p)]
         gc = scaled.get(m)
+        x = inputs.get(m)
         if gc is None:
             grad.mul_(scale)
-        elif is_weight:
-            grad.addmm_(gc.t(), inputs[m], beta=scale, alpha=scale)
-        else:
+        elif not is_weight:
             grad.add_(gc.sum(dim=0)).mul_(scale)
+        elif isinstance(x, SparseBatch):
+            # (X^T G) into the column-major view: the contiguous (in, out) matrix.
+            grad.t().addmm_(x.transposed_csr, gc, beta=scale, alpha=scale)
+        else:
+            assert x is not None
+            grad.addmm_(gc.t(), x, beta=scale, alpha=scale)

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from chem.sparse_rows import row_batches
 from participant.dp_sgd import DPTrainingResult, dp_train
 from protocols.errors import ConfigError
 
@@ -49,6 +50,6 @@ def train_dp_round(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor, tor
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     steps = max(1, int(1 / sample_rate)) * local_epochs
     return dp_train(model, n, lambda pred, idx: loss_fn(pred, y[idx], mask[idx]),
-                    lambda idx: x[idx], noise_multiplier=noise_multiplier,
+                    row_batches(x), noise_multiplier=noise_multiplier,
                     max_grad_norm=max_grad_norm, sample_rate=sample_rate, steps=steps,
                     optimizer=opt, generator=gen, secure_mode=secure_mode)

@@ -268,7 +268,9 @@ class Site:
         for name, param in model.named_parameters():
             if name.startswith("heads.") and name.split(".")[1] not in held:
                 param.requires_grad_(False)
-        x = torch.from_numpy(data.x_train)
+        from chem.sparse_rows import row_batches
+
+        inputs = row_batches(torch.from_numpy(data.x_train))  # CSR for fingerprints
         y, m = torch.from_numpy(ytr), torch.from_numpy(mtr)
         params = [p for p in model.parameters() if p.requires_grad]
         opt: torch.optim.Optimizer = (torch.optim.Adam(params, lr=plan.learning_rate)
@@ -282,7 +284,7 @@ class Site:
         result = dp_train(
             model, data.n_train,
             lambda pred, idx: masked_loss(pred, y[idx], m[idx], model.spec, reduction="none"),
-            lambda idx: x[idx], noise_multiplier=cal.noise_multiplier,
+            inputs, noise_multiplier=cal.noise_multiplier,
             max_grad_norm=plan.max_grad_norm, sample_rate=cal.sample_rate,
             steps=cal.steps_per_round, optimizer=opt, generator=gen)
         # Logged on site only, never sent: the time tracks the Poisson batch sizes, which

@@ -10,6 +10,7 @@ from opacus import GradSampleModule
 from torch import nn
 
 from chem.models import EndpointSpec, ModelSpec, build_model, masked_loss
+from chem.sparse_rows import SparseRows
 from participant.dp_sgd import clip_and_sum, dp_train, linear_layers
 from protocols.errors import ConfigError
 
@@ -20,26 +21,30 @@ def _spec(d_in: int, hidden: tuple[int, ...]) -> ModelSpec:
         EndpointSpec(name="b", task="classification")))
 
 
-def _batch(n: int, d_in: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _batch(n: int, d_in: int, seed: int, *, zeros: float = 0.0
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d_in, generator=g, dtype=torch.float64)
+    x[torch.rand(n, d_in, generator=g) < zeros] = 0.0  # fingerprint-like rows
     y = torch.randn(n, 2, generator=g, dtype=torch.float64)
     y[:, 1] = (y[:, 1] > 0).double()
     mask = (torch.rand(n, 2, generator=g) > 0.3).double()
     return x, y, mask
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 17), d_in=st.integers(1, 12),
        hidden=st.lists(st.integers(1, 9), min_size=1, max_size=3),
-       clip=st.floats(1e-3, 10.0), seed=st.integers(0, 10_000))
+       clip=st.floats(1e-3, 10.0), seed=st.integers(0, 10_000), sparse=st.booleans())
 def test_clipped_sum_matches_opacus_per_sample_gradients(
-    n: int, d_in: int, hidden: list[int], clip: float, seed: int
+    n: int, d_in: int, hidden: list[int], clip: float, seed: int, sparse: bool
 ) -> None:
     spec = _spec(d_in, tuple(hidden))
-    x, y, mask = _batch(n, d_in, seed)
+    x, y, mask = _batch(n, d_in, seed, zeros=0.8 if sparse else 0.0)
     ours = build_model(spec, seed=seed).double()
-    res = clip_and_sum(ours, x, lambda p: masked_loss(p, y, mask, spec, reduction="none"),
+    # Sparse: the first layer reads CSR rows (its own forward and weight gradient).
+    inputs = SparseRows.from_dense(x).gather(torch.arange(n)) if sparse else x
+    res = clip_and_sum(ours, inputs, lambda p: masked_loss(p, y, mask, spec, reduction="none"),
                        max_grad_norm=clip)
 
     reference = GradSampleModule(build_model(spec, seed=seed).double(), loss_reduction="sum")
@@ -72,20 +77,24 @@ def test_model_with_non_linear_parameters_is_refused() -> None:
     assert "LayerNorm" in str(err.value)
 
 
-def test_noise_has_the_calibrated_standard_deviation() -> None:
-    # Zero data gradient: the update is pure noise of std sigma * C / expected batch.
+@pytest.mark.parametrize("sparse", [False, True])
+def test_noise_has_the_calibrated_standard_deviation(sparse: bool) -> None:
+    # Zero data gradient: the update is pure noise of std sigma * C / expected batch,
+    # also when the weight is stored column-major for CSR inputs.
     layer = nn.Linear(50, 40, bias=False)
     model = nn.Sequential(layer)
     nn.init.zeros_(layer.weight)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     n, q, sigma, clip = 1000, 0.1, 1.3, 0.7
+    rows = SparseRows.from_dense(torch.zeros(n, 50))
     dp_train(model, n, lambda pred, idx: pred.sum(dim=1) * 0.0,
-             lambda idx: torch.zeros(len(idx), 50),
+             rows.gather if sparse else (lambda idx: torch.zeros(len(idx), 50)),
              noise_multiplier=sigma, max_grad_norm=clip, sample_rate=q, steps=1,
              optimizer=opt, generator=torch.Generator().manual_seed(0))
     observed = layer.weight.detach().std().item()
     expected = sigma * clip / (q * n)
     assert abs(observed - expected) / expected < 0.05
+    assert layer.weight.is_contiguous()
 
 
 def test_training_reduces_loss_at_low_noise() -> None:
@@ -116,12 +125,13 @@ def _opacus_clipped_mean(model: nn.Module, spec: ModelSpec, x: torch.Tensor, y: 
     return {k: torch.einsum("i,i...->...", factor, g) / n for k, g in samples.items()}
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_a_noiseless_step_moves_by_opacus_clipped_mean(threads: int) -> None:
+@pytest.mark.parametrize(("threads", "sparse"), [(1, False), (2, False), (1, True), (2, True)])
+def test_a_noiseless_step_moves_by_opacus_clipped_mean(threads: int, sparse: bool) -> None:
     # Sample rate 1 takes every example, so the step is -lr * (sum of clipped grads) / n,
-    # written by dp_train's in-place update path (with and without the noise thread).
+    # written by dp_train's in-place update path (with and without the noise thread;
+    # dense rows, or CSR rows into a column-major first weight).
     spec = _spec(7, (6, 5))
-    x, y, mask = _batch(12, 7, 5)
+    x, y, mask = _batch(12, 7, 5, zeros=0.7 if sparse else 0.0)
     model = build_model(spec, seed=1).double()
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     expected = _opacus_clipped_mean(build_model(spec, seed=1).double(), spec, x, y, mask, 0.3)
@@ -130,14 +140,42 @@ def test_a_noiseless_step_moves_by_opacus_clipped_mean(threads: int) -> None:
     try:
         dp_train(model, 12, lambda pred, idx: masked_loss(pred, y[idx], mask[idx], spec,
                                                           reduction="none"),
-                 lambda idx: x[idx], noise_multiplier=0.0, max_grad_norm=0.3, sample_rate=1.0,
+                 SparseRows.from_dense(x).gather if sparse else (lambda idx: x[idx]),
+                 noise_multiplier=0.0, max_grad_norm=0.3, sample_rate=1.0,
                  steps=1, optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
                  generator=torch.Generator().manual_seed(0))
     finally:
         torch.set_num_threads(saved)
     for name, p in model.named_parameters():
+        assert p.is_contiguous(), name
+        assert p.grad is not None and p.grad.is_contiguous(), name
         assert torch.allclose(before[name] - p.detach(), expected[name], rtol=1e-9,
                               atol=1e-12), name
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_sparse_and_dense_rows_train_the_same_model(optimizer: str) -> None:
+    # Many Poisson steps without noise: the CSR path (column-major first weight, its
+    # optimizer state in that layout) must follow the dense path step for step.
+    spec = _spec(20, (16,))
+    x, y, mask = _batch(300, 20, 9, zeros=0.85)
+    rows = SparseRows.from_dense(x)
+    models = []
+    for inputs in (lambda idx: x[idx], rows.gather):
+        model = build_model(spec, seed=3).double()
+        opt: torch.optim.Optimizer = (torch.optim.SGD(model.parameters(), lr=0.5)
+                                      if optimizer == "sgd"
+                                      else torch.optim.Adam(model.parameters(), lr=0.01))
+        dp_train(model, 300, lambda pred, idx: masked_loss(pred, y[idx], mask[idx], spec,
+                                                           reduction="none"),
+                 inputs, noise_multiplier=0.0, max_grad_norm=0.5, sample_rate=0.1, steps=40,
+                 optimizer=opt, generator=torch.Generator().manual_seed(4))
+        models.append(model)
+    dense, sparse = (dict(m.named_parameters()) for m in models)
+    start = dict(build_model(spec, seed=3).double().named_parameters())
+    assert not torch.equal(dense["trunk.0.weight"], start["trunk.0.weight"])  # it did train
+    for name in dense:
+        assert torch.allclose(dense[name], sparse[name], rtol=1e-9, atol=1e-12), name
 
 
 def test_each_step_gets_fresh_noise_of_the_calibrated_std() -> None:
