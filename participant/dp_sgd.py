@@ -285,12 +285,14 @@ def dp_train(
                     views = _lay_out(stack, noise.buffers, params, tape.inputs)
                 slot = noise.take()
                 done += 1
+                if done < steps:
+                    # Step t+1's draw goes into the buffer step t-1 used (its update is
+                    # done), beside this step's clipping and update.
+                    noise.begin()
                 scaled, result = tape.clip(losses, max_grad_norm=max_grad_norm)
                 del losses
                 _add_clipped_sums(params, views[slot], owner, scaled, tape.inputs,
                                   scale=1.0 / expected_batch)
-                if done < steps:
-                    noise.begin()  # into the other buffer; this step's is left alone
                 optimizer.step()
                 # Free this batch before the next is gathered.
                 tape.inputs.clear()

@@ -1,23 +1,29 @@
 """Fresh Gaussian noise for every DP-SGD step, drawn beside the step's forward pass.
 
 The noise is the expensive part of a DP-SGD step on CPU: one N(0, std^2) draw
-per trainable parameter per step, about 2.7 ns each with PyTorch's CPU
-generator (Mersenne Twister), i.e. ~1.4 ms for the 0.53 M parameters of the
-shipped 2048-256 trunk: two thirds of a whole plain training step at batch
-128. The noise does not depend on the data or the model, so a helper thread
-draws it while the training thread runs the step's forward pass; the
-training thread then helps with whatever is left. Nothing is deferred or
-shared between steps: ``begin()`` starts step t's draw into the buffer,
-``take()`` returns it complete, before step t's update, and the next
-``begin()`` comes only after that update has used it.
+per trainable parameter per step, about 2.7-3.3 ns each with PyTorch's CPU
+generator (Mersenne Twister), i.e. ~1.4-1.75 ms for the 0.53 M parameters of
+the shipped 2048-256 trunk, more than the rest of a DP step on CSR inputs.
+The noise does not depend on the data or the model, so a helper thread
+draws it while the training thread works; the training thread helps with
+whatever is left when it needs the noise. Nothing is deferred or shared
+between steps: ``begin()`` starts a step's draw into one buffer, ``take()``
+returns it complete before that step's update, and the following
+``begin()`` draws into the other buffer, so a taken buffer is untouched
+until its update is done.
 
 The buffer is split into fixed chunks, chunk k always drawn from generator k
 (seeded from the caller's generator), so the noise sequence is a function of
 the seed alone, whichever thread draws which chunk. Two buffers alternate so
-step t+1's draw can start as soon as step t's noise is complete, while step
-t's update still reads its own buffer. ``secure_mode`` draws
-each chunk through Opacus's floating-point-attack-resistant sampler
-(arXiv 2107.10138: four draws summed).
+step t+1's draw can start as soon as step t's noise is taken, while step t's
+clipping and update read its own buffer. ``secure_mode`` draws each chunk
+through Opacus's floating-point-attack-resistant sampler (arXiv 2107.10138:
+four draws summed).
+
+One ``normal_`` call per chunk keeps the helper's hold on the GIL short.
+Faster samplers built from many small numpy calls (AES-CTR bits plus
+Box-Muller: 0.9 vs 1.75 ms per step alone) slowed the training thread's
+small ops 4-9x through GIL hand-offs and lost overall.
 """
 
 from __future__ import annotations
