@@ -21,7 +21,8 @@ respect to the ``Z`` (no weight gradients are computed by autograd); norms;
 then ``p.grad = (clipped sum + noise) / expected batch``, Opacus's
 ``DPOptimizerFastGradientClipping`` arithmetic (std = noise_multiplier *
 max_grad_norm on the clipped sum, then division by the expected batch size),
-as one in-place ``addmm_`` onto the step's noise. The Gaussian draws cost
+with the division applied to each term: the noise is drawn with the divided
+std and the clipped sum is added onto it by one in-place ``addmm_``. The Gaussian draws cost
 more than the rest of the step's extra work, so ``participant.gaussian_noise``
 draws each step's noise on a helper thread beside the training arithmetic
 (fresh per step, complete before that step's update). ``secure_mode`` uses
@@ -265,8 +266,11 @@ def dp_train(
     try:
         with ExitStack() as stack:
             stack.enter_context(sparse_input(model))
+            # Drawn already divided by the expected batch, so the update adds the
+            # clipped sum onto it without another pass over the buffer.
             noise = stack.enter_context(StepNoise(
-                sum(p.numel() for p in params), std=noise_multiplier * max_grad_norm,
+                sum(p.numel() for p in params),
+                std=noise_multiplier * max_grad_norm / expected_batch,
                 generator=generator, secure_mode=secure_mode, helper=helper,
                 dtype=dtypes.pop() if dtypes else torch.float32))
             # Each p.grad is a view of its step's noise buffer: the clipped sum is
@@ -340,10 +344,11 @@ def _add_clipped_sums(params: list[torch.Tensor], views: list[torch.Tensor],
                       owner: dict[int, tuple[nn.Linear, bool]],
                       scaled: dict[nn.Linear, torch.Tensor],
                       inputs: dict[nn.Linear, Inputs], *, scale: float) -> None:
-    """``p.grad = (clipped sum + noise) * scale``, with the noise already in ``p.grad``.
+    """``p.grad = noise + scale * clipped sum``; the noise (std times ``scale``) is in ``p.grad``.
 
-    Opacus's order (noise onto the clipped sum, then divide by the expected
-    batch); for a weight it is one in-place ``addmm_``: one pass, no copy.
+    Opacus's arithmetic, (clipped sum + N(0, sigma^2 C^2)) / expected batch,
+    with the division applied to each term; for a weight it is one in-place
+    ``addmm_`` with ``beta=1``: one pass, no copy.
     """
     for p, grad in zip(params, views, strict=True):
         p.grad = grad
@@ -351,12 +356,12 @@ def _add_clipped_sums(params: list[torch.Tensor], views: list[torch.Tensor],
         gc = scaled.get(m)
         x = inputs.get(m)
         if gc is None:
-            grad.mul_(scale)
-        elif not is_weight:
-            grad.add_(gc.sum(dim=0)).mul_(scale)
+            continue  # no example touched it: the update is the noise alone
+        if not is_weight:
+            grad.add_(gc.sum(dim=0), alpha=scale)
         elif isinstance(x, SparseBatch):
             # (X^T G) into the column-major view: the contiguous (in, out) matrix.
-            grad.t().addmm_(x.transposed_csr, gc, beta=scale, alpha=scale)
+            grad.t().addmm_(x.transposed_csr, gc, alpha=scale)
         else:
             assert x is not None
-            grad.addmm_(gc.t(), x, beta=scale, alpha=scale)
+            grad.addmm_(gc.t(), x, alpha=scale)
