@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
@@ -38,10 +39,20 @@ MAX_DENSITY = 0.2
 def _csr(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor,
          size: tuple[int, int]) -> torch.Tensor:
     # The indices come from our own construction below, so the (costly) invariant
-    # check is off on purpose; the beta-state note is not for our users' logs.
+    # check is off on purpose.
+    return torch.sparse_csr_tensor(crow, col, val, size, check_invariants=False)
+
+
+def _silence_beta_note() -> None:
+    # PyTorch warns once per process that CSR support is in beta; trigger it here,
+    # muted, rather than in a user's training log.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, col, val, size, check_invariants=False)
+        _csr(torch.zeros(2, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+             torch.zeros(0), (1, 1))
+
+
+_silence_beta_note()
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,10 +109,15 @@ class SparseBatch:
     @cached_property
     def transposed_csr(self) -> torch.Tensor:
         """``X^T`` as a (n_cols, B) CSR tensor, for the weight gradient ``X^T G``."""
-        order = torch.argsort(self.col, stable=True)
-        crow = torch.zeros(self.n_cols + 1, dtype=torch.long)
-        torch.cumsum(torch.bincount(self.col, minlength=self.n_cols), 0, out=crow[1:])
-        return _csr(crow, self._row_ids[order], self.val[order], (self.n_cols, self.shape[0]))
+        # numpy: these are a few thousand indices, where torch's per-op dispatch
+        # cost more than the work.
+        col = self.col.numpy()
+        order = np.argsort(col, kind="stable")
+        crow = np.zeros(self.n_cols + 1, dtype=np.int64)
+        np.cumsum(np.bincount(col, minlength=self.n_cols), out=crow[1:])
+        rows = np.repeat(np.arange(self.shape[0], dtype=np.int64), self.lengths.numpy())
+        return _csr(torch.from_numpy(crow), torch.from_numpy(rows[order]),
+                    self.val[torch.from_numpy(order)], (self.n_cols, self.shape[0]))
 
 
 class _SparseLinear(torch.autograd.Function):
@@ -158,18 +174,20 @@ class SparseRows:
 
     def gather(self, idx: torch.Tensor) -> SparseBatch:
         """Rows ``idx`` (in that order, repeats allowed) as a batch."""
-        starts = self.crow[idx]
-        lengths = self.crow[idx + 1] - starts
-        ends = torch.cumsum(lengths, 0)
-        total = int(ends[-1]) if idx.numel() else 0
+        # numpy index arithmetic: ~10 small ops per step cost 0.2 ms through torch.
+        i = idx.numpy()
+        crow = self.crow.numpy()
+        starts = crow[i]
+        lengths = crow[i + 1] - starts
+        out_crow = np.zeros(len(i) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=out_crow[1:])
         # Position of each kept value in the full arrays: its row's start plus its
         # offset within the row.
-        pos = torch.repeat_interleave(starts - (ends - lengths), lengths, output_size=total)
-        pos += torch.arange(total)
-        crow = torch.zeros(idx.numel() + 1, dtype=torch.long)
-        crow[1:] = ends
-        return SparseBatch(crow=crow, col=self.col[pos], val=self.val[pos], n_cols=self.n_cols,
-                           sq_norms=self.sq_norms[idx])
+        pos = np.repeat(starts - out_crow[:-1], lengths)
+        pos += np.arange(len(pos), dtype=np.int64)
+        p = torch.from_numpy(pos)
+        return SparseBatch(crow=torch.from_numpy(out_crow), col=self.col[p], val=self.val[p],
+                           n_cols=self.n_cols, sq_norms=self.sq_norms[idx])
 
 
 def row_batches(x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor | SparseBatch]:
