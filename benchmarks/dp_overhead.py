@@ -35,6 +35,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -66,24 +67,9 @@ def _spec(hidden: int) -> ModelSpec:
                                              target_offset=2.2, target_scale=1.2),))
 
 
-def plain_epoch(spec: ModelSpec, data: Data, batch: int, seed: int) -> float:
-    x, y, mask = data
-    model = build_model(spec, seed=0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    q = batch / len(x)
-    sampler = UniformWithReplacementSampler(num_samples=len(x), sample_rate=q,
-                                            generator=torch.Generator().manual_seed(seed))
-    t = time.perf_counter()
-    for indices in sampler:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        opt.zero_grad()
-        masked_loss(model(x[idx]), y[idx], mask[idx], spec).backward()  # type: ignore[no-untyped-call]
-        opt.step()
-    return time.perf_counter() - t
-
-
-def plain_sparse_epoch(spec: ModelSpec, data: Data, rows: SparseRows, batch: int,
-                       seed: int) -> float:
+def plain_epoch(spec: ModelSpec, data: Data, batch: int, seed: int,
+                rows: SparseRows | None = None) -> float:
+    """Non-private epoch; with ``rows`` the first layer reads CSR rows (plain-sparse)."""
     x, y, mask = data
     model = build_model(spec, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -93,12 +79,15 @@ def plain_sparse_epoch(spec: ModelSpec, data: Data, rows: SparseRows, batch: int
     first = model.trunk[0]
     assert isinstance(first, torch.nn.Linear)
     t = time.perf_counter()
-    with sparse_input(model), column_major([first.weight]):
+    with ExitStack() as stack:
+        if rows is not None:
+            stack.enter_context(sparse_input(model))
+            stack.enter_context(column_major([first.weight]))
         for indices in sampler:
             idx = torch.as_tensor(indices, dtype=torch.long)
             opt.zero_grad()
-            loss = masked_loss(model(rows.gather(idx)), y[idx], mask[idx], spec)
-            loss.backward()  # type: ignore[no-untyped-call]
+            inputs = x[idx] if rows is None else rows.gather(idx)
+            masked_loss(model(inputs), y[idx], mask[idx], spec).backward()  # type: ignore[no-untyped-call]
             opt.step()
     return time.perf_counter() - t
 
@@ -141,7 +130,7 @@ def measure(data: Data, rows: SparseRows, hidden: int, batch: int, reps: int,
     spec = _spec(hidden)
     arms: dict[str, Callable[[int], float]] = {
         "plain": lambda s: plain_epoch(spec, data, batch, s),
-        "plain-sparse": lambda s: plain_sparse_epoch(spec, data, rows, batch, s),
+        "plain-sparse": lambda s: plain_epoch(spec, data, batch, s, rows),
         "dp": lambda s: dp_epoch(spec, data, rows, batch, s, secure=False),
         "dp-dense": lambda s: dp_epoch(spec, data, None, batch, s, secure=False),
         "dp-secure": lambda s: dp_epoch(spec, data, rows, batch, s, secure=True),
