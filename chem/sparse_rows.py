@@ -75,9 +75,9 @@ class SparseBatch:
 
     @cached_property
     def _row_ids(self) -> torch.Tensor:
-        rows = self.shape[0]
-        return torch.repeat_interleave(torch.arange(rows), self.lengths,
-                                       output_size=int(self.val.numel()))
+        """The row of each stored value."""
+        ids = np.repeat(np.arange(self.shape[0], dtype=np.int64), self.lengths.numpy())
+        return torch.from_numpy(ids)
 
     def csr(self) -> torch.Tensor:
         return _csr(self.crow, self.col, self.val, self.shape)
@@ -115,8 +115,7 @@ class SparseBatch:
         order = np.argsort(col, kind="stable")
         crow = np.zeros(self.n_cols + 1, dtype=np.int64)
         np.cumsum(np.bincount(col, minlength=self.n_cols), out=crow[1:])
-        rows = np.repeat(np.arange(self.shape[0], dtype=np.int64), self.lengths.numpy())
-        return _csr(torch.from_numpy(crow), torch.from_numpy(rows[order]),
+        return _csr(torch.from_numpy(crow), torch.from_numpy(self._row_ids.numpy()[order]),
                     self.val[torch.from_numpy(order)], (self.n_cols, self.shape[0]))
 
 
@@ -151,9 +150,8 @@ class SparseRows:
     def __init__(self, crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor,
                  n_cols: int) -> None:
         self.crow, self.col, self.val, self.n_cols = crow, col, val, n_cols
-        rows = torch.repeat_interleave(torch.arange(len(self)), crow[1:] - crow[:-1],
-                                       output_size=int(val.numel()))
-        self.sq_norms = torch.zeros(len(self), dtype=val.dtype).index_add_(0, rows, val * val)
+        whole = SparseBatch(crow=crow, col=col, val=val, n_cols=n_cols)
+        self.sq_norms = whole.squared_row_norms()  # ||x_i||^2 per molecule, once
 
     @classmethod
     def from_dense(cls, x: torch.Tensor) -> SparseRows:
