@@ -36,6 +36,7 @@ from chem.featurizers import FeaturizationSpec, check_compatible
 from chem.metrics import endpoint_metrics, headline_metric
 from chem.models import EndpointSpec, ModelSpec, build_model, get_weights, masked_loss, predict
 from chem.models import set_weights as load_weights
+from chem.sparse_rows import row_batches
 from participant.config import ParticipantConfig
 from participant.data import SiteData, load_site_data
 from participant.heads import PrivateHeadStore
@@ -268,8 +269,6 @@ class Site:
         for name, param in model.named_parameters():
             if name.startswith("heads.") and name.split(".")[1] not in held:
                 param.requires_grad_(False)
-        from chem.sparse_rows import row_batches
-
         inputs = row_batches(torch.from_numpy(data.x_train))  # CSR for fingerprints
         y, m = torch.from_numpy(ytr), torch.from_numpy(mtr)
         params = [p for p in model.parameters() if p.requires_grad]
