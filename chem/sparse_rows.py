@@ -107,12 +107,20 @@ class SparseBatch:
         return out.addmm_(self.transposed_csr, grad)
 
     @cached_property
+    def columns(self) -> torch.Tensor:
+        """The columns holding a stored value, ascending: the only ones ``X W^T`` reads."""
+        return torch.from_numpy(np.flatnonzero(np.bincount(self.col.numpy(),
+                                                           minlength=self.n_cols)))
+
+    @cached_property
     def transposed_csr(self) -> torch.Tensor:
         """``X^T`` as a (n_cols, B) CSR tensor, for the weight gradient ``X^T G``."""
         # numpy: these are a few thousand indices, where torch's per-op dispatch
-        # cost more than the work.
+        # cost more than the work. Stable argsort of 16-bit keys is a radix sort,
+        # 3x faster than on int64.
         col = self.col.numpy()
-        order = np.argsort(col, kind="stable")
+        order = np.argsort(col.astype(np.uint16) if self.n_cols <= 1 << 16 else col,
+                           kind="stable")
         crow = np.zeros(self.n_cols + 1, dtype=np.int64)
         np.cumsum(np.bincount(col, minlength=self.n_cols), out=crow[1:])
         return _csr(torch.from_numpy(crow), torch.from_numpy(self._row_ids.numpy()[order]),

@@ -38,6 +38,8 @@ def test_a_gathered_batch_equals_the_dense_rows(n: int, d: int, density: float, 
     assert torch.allclose(batch.linear(w, b), dense @ w.t() + b)
     grad = torch.randn(len(picks), 7, generator=g, dtype=torch.float64)
     assert torch.allclose(batch.transposed_matmul(grad), dense.t() @ grad)
+    # The columns a batch reads: exactly those with a non-zero in some row.
+    assert batch.columns.tolist() == torch.nonzero(dense.ne(0).any(dim=0)).flatten().tolist()
 
 
 @pytest.mark.parametrize("column", [False, True])
