@@ -40,6 +40,10 @@ _MAX_CHUNKS = 8
 _WAIT_S = 60.0
 
 
+def _n_chunks(numel: int) -> int:
+    return max(1, min(_MAX_CHUNKS, numel // _MIN_CHUNK)) if numel else 0
+
+
 class StepNoise:
     """Two flat buffers of ``numel`` values; each step's is filled with fresh N(0, ``std``^2).
 
@@ -55,10 +59,11 @@ class StepNoise:
                  dtype: torch.dtype = torch.float32) -> None:
         self.std, self.secure_mode = std, secure_mode
         self.buffers = (torch.zeros(numel, dtype=dtype), torch.zeros(numel, dtype=dtype))
-        n_chunks = max(1, min(_MAX_CHUNKS, numel // _MIN_CHUNK)) if numel else 0
+        n_chunks = _n_chunks(numel)
         self._slot = 1              # buffer of the step being drawn or last taken
-        self._chunk_views = [list(b.chunk(n_chunks)) if numel else [] for b in self.buffers]
-        self._chunks = self._chunk_views[self._slot]
+        self._full = [list(b.chunk(n_chunks)) if numel else [] for b in self.buffers]
+        self._chunks = self._full[self._slot]
+        self._row_stds: list[torch.Tensor] = []
         seeds = torch.randint(0, 2**62, (n_chunks,), generator=generator).tolist()
         self._generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         self._cond = threading.Condition()
@@ -71,6 +76,11 @@ class StepNoise:
         if helper and std > 0 and len(self._chunks) > 1:
             self._thread = threading.Thread(target=self._work, name="dp-noise", daemon=True)
             self._thread.start()
+
+    @property
+    def has_helper(self) -> bool:
+        """Whether a background thread draws the noise (else ``take()`` does)."""
+        return self._thread is not None
 
     def __enter__(self) -> StepNoise:
         return self
@@ -87,13 +97,35 @@ class StepNoise:
         self._thread.join(timeout=_WAIT_S)
         self._thread = None
 
-    def begin(self) -> None:
-        """Start drawing this step's noise; the previous step's must be used up."""
+    def begin(self, numel: int | None = None, *, row_std: torch.Tensor | None = None) -> None:
+        """Start drawing this step's noise (the first ``numel`` values; default all).
+
+        With ``row_std`` (shape (rows,)) the values are read as a (rows,
+        numel / rows) matrix whose row r is N(0, (std * row_std[r])^2),
+        scaled on the drawing thread. The previous step's noise must be used up.
+        """
+        size = len(self.buffers[0])
+        n = size if numel is None else numel
+        if not 0 <= n <= size or (row_std is not None and (
+                row_std.dim() != 1 or (n % len(row_std) if len(row_std) else n))):
+            raise ValueError(f"begin(numel={numel}, row_std of shape "
+                             f"{None if row_std is None else tuple(row_std.shape)}) does not "
+                             f"fit this noise's buffer of {size} values")
         with self._cond:
             if self._open:
                 raise RuntimeError("begin() twice without take(): a step's noise would be lost")
             self._slot = 1 - self._slot
-            self._chunks = self._chunk_views[self._slot]
+            buffer = self.buffers[self._slot]
+            # Chunk k is always drawn from generator k, so the values are a function
+            # of the seed and the sizes asked for, whichever thread draws them.
+            k = _n_chunks(n)
+            if row_std is not None and n:  # whole rows per chunk, each with its rows' stds
+                self._chunks = list(buffer[:n].view(len(row_std), -1).chunk(k))
+                self._row_stds = list(row_std.unsqueeze(1).chunk(k))
+            else:
+                self._chunks = (self._full[self._slot] if n == size
+                                else list(buffer[:n].chunk(k)) if n else [])
+                self._row_stds = []
             self._open, self._next_chunk, self._done = True, 0, 0
             self._cond.notify_all()
 
@@ -102,7 +134,8 @@ class StepNoise:
         if not self._open:
             raise RuntimeError("take() without begin()")
         if self.std == 0:
-            self.buffers[self._slot].zero_()
+            for chunk in self._chunks:
+                chunk.zero_()
         else:
             while self._draw_one():  # help the helper finish
                 pass
@@ -129,6 +162,8 @@ class StepNoise:
                                           secure_mode=True))
             else:
                 out.normal_(0.0, self.std, generator=gen)
+            if self._row_stds:
+                out.mul_(self._row_stds[k])
         except BaseException as exc:  # surfaced to the training thread by take()
             with self._cond:
                 self._error = exc

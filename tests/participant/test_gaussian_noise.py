@@ -71,3 +71,32 @@ def test_zero_std_gives_zeros() -> None:
     with StepNoise(10, std=0.0, generator=None) as noise:
         noise.begin()
         assert torch.equal(noise.buffers[noise.take()], torch.zeros(10))
+
+
+@pytest.mark.parametrize("helper", [False, True])
+def test_row_stds_scale_each_row_of_a_partial_draw(helper: bool) -> None:
+    row_std = torch.tensor([0.5, 1.0, 2.0, 4.0] * 5)
+    with StepNoise(200_000, std=1.5, generator=torch.Generator().manual_seed(2),
+                   helper=helper) as noise:
+        noise.begin(20 * 5000, row_std=row_std)
+        buffer = noise.buffers[noise.take()]
+        rows = buffer[:100_000].view(20, 5000)
+        stds = rows.std(dim=1)
+        assert torch.allclose(stds, 1.5 * row_std, rtol=0.04)
+        # The next draw may ask for another size; the values stay seeded.
+        noise.begin(0, row_std=torch.zeros(0))
+        noise.take()
+    with StepNoise(200_000, std=1.5, generator=torch.Generator().manual_seed(2),
+                   helper=not helper) as again:
+        again.begin(20 * 5000, row_std=row_std)
+        assert torch.equal(again.buffers[again.take()][:100_000], buffer[:100_000])
+
+
+def test_a_draw_that_does_not_fit_is_refused() -> None:
+    with StepNoise(100, std=1.0, generator=None, helper=False) as noise:
+        for numel, row_std in [(101, None), (-1, None), (30, torch.ones(7)),
+                               (10, torch.zeros(0)), (10, torch.ones(2, 5))]:
+            with pytest.raises(ValueError, match="does not fit"):
+                noise.begin(numel, row_std=row_std)
+        noise.begin(30, row_std=torch.ones(3))  # nothing was left half-begun
+        noise.take()
