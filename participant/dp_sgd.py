@@ -22,10 +22,11 @@ then ``p.grad = (clipped sum + noise) / expected batch``, Opacus's
 ``DPOptimizerFastGradientClipping`` arithmetic (std = noise_multiplier *
 max_grad_norm on the clipped sum, then division by the expected batch size),
 with the division applied to each term: the noise is drawn with the divided
-std and the clipped sum is added onto it by one in-place ``addmm_``. The Gaussian draws cost
-more than the rest of the step's extra work, so ``participant.gaussian_noise``
-draws each step's noise on a helper thread beside the training arithmetic
-(fresh per step, complete before that step's update). ``secure_mode`` uses
+std and the clipped sum is added onto it by one in-place ``addmm_``. The
+Gaussian draws cost more than the rest of the step's extra work, so
+``participant.gaussian_noise`` draws each step's noise on a helper thread
+beside the training arithmetic (fresh per step, complete before that step's
+update). ``secure_mode`` uses
 Opacus's own noise sampler; batches come from Opacus's Poisson
 ``UniformWithReplacementSampler``.
 
@@ -34,9 +35,12 @@ Fingerprint inputs are ~98% zeros. When ``batch_inputs`` returns CSR rows
 the non-zeros only: forward ``X W^T`` and weight gradient ``X^T (c * G)``
 from CSR, ``||a_i||^2`` from the stored values, and its weight is kept
 column-major during training so both kernels read and write contiguous
-memory. The clipping and noise are unchanged; the result equals the dense
-path up to float summation order (tested with Opacus and against the dense
-path step for step).
+memory. The clipping is unchanged; without noise the result equals the
+dense path up to float summation order (tested with Opacus and against the
+dense path step for step). Under plain SGD, the noise of that weight's
+columns a batch does not read is owed and drawn when one next does
+(``participant.lazy_noise``): the same distribution, a third of the draws
+at batch 32.
 
 The path is exact DP-SGD for networks whose parameters all live in
 ``nn.Linear`` layers applied once per forward to 2-D inputs, combined with
@@ -49,6 +53,7 @@ from __future__ import annotations
 from collections.abc import Callable, Container
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
@@ -56,9 +61,17 @@ from torch import nn
 
 from chem.sparse_rows import SparseBatch, column_major, sparse_input
 from participant.gaussian_noise import StepNoise
+from participant.lazy_noise import LazyColumnNoise, plain_sgd_group
 from protocols.errors import ConfigError
 
 __all__ = ["ClippedGradients", "DPTrainingResult", "clip_and_sum", "dp_train", "linear_layers"]
+
+# Per-column noise (participant.lazy_noise) is used when the first batch reads at
+# most this fraction of a CSR-read weight's columns. Measured on Lipophilicity,
+# 2048-256, 2 cores: 0.84-0.92x the epoch at batch 32 (33% read), even at 64 (47%),
+# 1.05-1.13x at 128-256 (65-80%), where its per-step bookkeeping outweighs the
+# draws it saves.
+LAZY_MAX_READ_FRACTION = 0.5
 
 # Per-sample losses from model outputs for one batch: (pred, batch_index) -> (B,)
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -224,6 +237,7 @@ def dp_train(
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator | None = None,
     secure_mode: bool = False,
+    lazy_noise: bool = True,
 ) -> DPTrainingResult:
     """Run ``steps`` DP-SGD steps with Poisson sampling at ``sample_rate``.
 
@@ -233,6 +247,13 @@ def dp_train(
     ``batch_loss(pred, idx)`` the per-sample losses. The privacy cost of the
     call is ``steps`` compositions of the subsampled Gaussian mechanism at
     (``noise_multiplier``, ``sample_rate``): the caller accounts for it.
+
+    With plain SGD, a CSR-read weight's noise is by default owed per column
+    and drawn when a batch next reads the column, or when training ends
+    (``participant.lazy_noise``): the same distribution of every step and of
+    the trained model, with fewer draws. ``lazy_noise=False`` draws every
+    step's noise for every parameter. Gradients are not kept: each ``p.grad``
+    is None on return.
     """
     if not 0 < sample_rate <= 1:
         raise ConfigError("sample_rate", "must be in (0, 1]", got=sample_rate)
@@ -250,82 +271,160 @@ def dp_train(
                           got=f"outside the model: {foreign}; dtypes: {sorted(map(str, dtypes))}",
                           fix="build the optimizer from model.parameters()")
     expected_batch = max(1, round(sample_rate * n_examples))
+    std = noise_multiplier * max_grad_norm / expected_batch
+    # The noise streams are seeded before any batch is drawn, so the batches are the
+    # same whichever parameters turn out to get per-step or per-column noise.
+    noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     sampler = UniformWithReplacementSampler(num_samples=n_examples, sample_rate=sample_rate,
                                             generator=generator, steps=steps)
-    # A helper thread draws step t+1's noise during step t's update and step t+1's
-    # forward pass; training runs on one thread fewer meanwhile. OpenMP's full
-    # team next to a busy helper ran a plain step 3x slower (threads spin at
-    # barriers), and switching the team size per phase cost ~0.25 ms each time.
     threads = torch.get_num_threads()
-    helper = threads > 1 and noise_multiplier > 0
     model.train()
     total_loss, total_n, clipped, done = 0.0, 0, 0, 0
     tape = _Tape(linears)
-    if helper:
-        torch.set_num_threads(threads - 1)
     try:
         with ExitStack() as stack:
             stack.enter_context(sparse_input(model))
-            # Drawn already divided by the expected batch, so the update adds the
-            # clipped sum onto it without another pass over the buffer.
-            noise = stack.enter_context(StepNoise(
-                sum(p.numel() for p in params),
-                std=noise_multiplier * max_grad_norm / expected_batch,
-                generator=generator, secure_mode=secure_mode, helper=helper,
-                dtype=dtypes.pop() if dtypes else torch.float32))
-            # Each p.grad is a view of its step's noise buffer: the clipped sum is
-            # accumulated onto the noise in place, with no copy. Laid out once the
-            # first batch shows which weights read CSR inputs.
-            views: list[list[torch.Tensor]] | None = None
-            noise.begin()
-            for indices in sampler:
-                idx = torch.as_tensor(indices, dtype=torch.long)
+            layout: _NoiseLayout | None = None  # once the first batch shows the inputs
+            batches = (torch.as_tensor(i, dtype=torch.long) for i in sampler)
+            idx = next(batches, None)
+            x = None if idx is None else batch_inputs(idx)
+            while idx is not None and x is not None:
+                # The next batch is gathered first, so the noise its forward pass
+                # needs can be drawn beside this whole step.
+                next_idx = next(batches, None)
+                next_x = None if next_idx is None else batch_inputs(next_idx)
+                if layout is not None:
+                    layout.prepare(next_x)
 
                 def per_sample(pred: torch.Tensor, i: torch.Tensor = idx) -> torch.Tensor:
                     return batch_loss(pred, i)
 
-                losses = tape.forward(model, batch_inputs(idx), per_sample)
-                if views is None:
-                    views = _lay_out(stack, noise.buffers, params, tape.inputs)
-                slot = noise.take()
+                losses = tape.forward(model, x, per_sample)
+                if layout is None:
+                    layout = _NoiseLayout.lay_out(
+                        stack, params, owner, tape.inputs, optimizer, std=std,
+                        generator=torch.Generator().manual_seed(noise_seed),
+                        secure_mode=secure_mode, lazy_noise=lazy_noise)
+                    layout.prepare(next_x)
+                slot = layout.noise.take()
                 done += 1
-                if done < steps:
+                if next_x is not None:
                     # Step t+1's draw goes into the buffer step t-1 used (its update is
                     # done), beside this step's clipping and update.
-                    noise.begin()
+                    layout.noise.begin()
                 scaled, result = tape.clip(losses, max_grad_norm=max_grad_norm)
                 del losses
-                _add_clipped_sums(params, views[slot], owner, scaled, tape.inputs,
+                _add_clipped_sums(layout.eager, layout.views[slot], owner, scaled, tape.inputs,
                                   scale=1.0 / expected_batch)
+                for m, owed in layout.lazy.items():
+                    lr = float(layout.groups[m]["lr"])
+                    _sgd_clipped_sum(m.weight, tape.inputs.get(m), scaled.get(m),
+                                     alpha=-lr / expected_batch)
+                    owed.step(lr=lr)
                 optimizer.step()
-                # Free this batch before the next is gathered.
                 tape.inputs.clear()
                 del scaled
                 total_loss += result.loss_sum
                 total_n += int(idx.numel())
                 clipped += int((result.norms > max_grad_norm).sum())
+                idx, x = next_idx, next_x
     finally:
         tape.close()
         torch.set_num_threads(threads)
-    for p in params:  # detach the gradients from the shared noise buffer
-        if p.grad is not None:
-            p.grad = p.grad.clone()
+    for p in params:  # a step's noisy gradient is spent; none is kept
+        p.grad = None
     return DPTrainingResult(steps=done, mean_loss=total_loss / max(total_n, 1),
                             clipped_fraction=clipped / max(total_n, 1))
 
 
-def _lay_out(stack: ExitStack, buffers: tuple[torch.Tensor, ...], params: list[torch.Tensor],
-             inputs: dict[nn.Linear, Inputs]) -> list[list[torch.Tensor]]:
-    """Per-buffer gradient views; weights that read CSR inputs go column-major.
+class _NoiseLayout:
+    """Each parameter's noise: drawn per step (``eager``) or owed per column (``lazy``)."""
 
-    The CSR kernels read ``W^T`` (forward) and write ``X^T G`` (gradient) as
-    contiguous (in, out) matrices, so those weights, and their gradient views,
-    are stored transposed until ``dp_train`` returns.
-    """
-    moved = {id(m.weight) for m, x in inputs.items()
-             if isinstance(x, SparseBatch) and m.weight.requires_grad}
-    stack.enter_context(column_major(p for p in params if id(p) in moved))
-    return [_views(b, params, moved) for b in buffers]
+    def __init__(self, noise: StepNoise, eager: list[torch.Tensor],
+                 views: list[list[torch.Tensor]], lazy: dict[nn.Linear, LazyColumnNoise],
+                 groups: dict[nn.Linear, dict[str, Any]]) -> None:
+        self.noise, self.eager, self.views, self.lazy, self.groups = (
+            noise, eager, views, lazy, groups)
+
+    @classmethod
+    def lay_out(cls, stack: ExitStack, params: list[torch.Tensor],
+                owner: dict[int, tuple[nn.Linear, bool]], inputs: dict[nn.Linear, Inputs],
+                optimizer: torch.optim.Optimizer, *, std: float,
+                generator: torch.Generator, secure_mode: bool, lazy_noise: bool) -> _NoiseLayout:
+        """Lay out the noise after the first forward pass (nothing is owed before it).
+
+        Weights that read CSR inputs go column-major; under plain SGD their
+        noise is owed per column (``participant.lazy_noise``), settled by a
+        forward pre-hook just before the layer reads the columns and in full
+        when training ends. Everything else gets each step's noise as one
+        flat buffer, drawn on a helper thread beside the step when it is big.
+        """
+        csr = [m for m, x in inputs.items()
+               if isinstance(x, SparseBatch) and m.weight.requires_grad]
+        stack.enter_context(column_major(m.weight for m in csr))
+        lazy: dict[nn.Linear, LazyColumnNoise] = {}
+        groups: dict[nn.Linear, dict[str, Any]] = {}
+        # Helper threads draw step t+1's noise during step t's update (and, for
+        # per-step noise, step t+1's forward pass); training runs on one thread
+        # fewer meanwhile. OpenMP's full team next to a busy helper ran a plain step
+        # 3x slower (threads spin at barriers), and switching the team size per
+        # phase cost ~0.25 ms each time.
+        threads = torch.get_num_threads()
+        for m in csr:
+            x = inputs[m]
+            assert isinstance(x, SparseBatch)
+            # Owing pays per step for the columns read; it wins when it saves most draws.
+            owe = (lazy_noise and not secure_mode
+                   and len(x.columns) <= LAZY_MAX_READ_FRACTION * x.n_cols)
+            group = plain_sgd_group(optimizer, m.weight) if owe else None
+            if group is not None:
+                # Entered after column_major, so left before it: the owed noise lands
+                # in the weight even when a step raises (fail closed).
+                lazy[m] = stack.enter_context(LazyColumnNoise(
+                    m.weight, std=std, lr=float(group["lr"]), generator=generator,
+                    helper=threads > 1))
+                groups[m] = group
+                stack.callback(m.register_forward_pre_hook(_settle_hook(lazy[m])).remove)
+        eager = [p for p in params if owner[id(p)][0] not in lazy or not owner[id(p)][1]]
+        noise = stack.enter_context(StepNoise(
+            sum(p.numel() for p in eager), std=std, generator=generator,
+            secure_mode=secure_mode, helper=threads > 1,
+            dtype=params[0].dtype if params else torch.float32))
+        if noise.has_helper or any(owed.has_helper for owed in lazy.values()):
+            torch.set_num_threads(threads - 1)
+        moved = {id(m.weight) for m in csr}
+        views = [_views(b, eager, moved) for b in noise.buffers]
+        noise.begin()
+        return cls(noise, eager, views, lazy, groups)
+
+    def prepare(self, x: Inputs | None) -> None:
+        """Start drawing the per-column noise the forward pass on ``x`` will settle."""
+        if isinstance(x, SparseBatch):
+            for owed in self.lazy.values():
+                owed.prepare(x.columns)
+
+
+@torch.no_grad()
+def _sgd_clipped_sum(weight: torch.Tensor, x: Inputs | None, gc: torch.Tensor | None, *,
+                     alpha: float) -> None:
+    """``W += alpha * (c G)^T X`` in place: plain SGD's step on the clipped sum alone."""
+    if gc is None or x is None:  # unused, or no example: the update is the noise alone
+        return
+    if isinstance(x, SparseBatch):
+        # Into the column-major weight's contiguous (in, out) form; rows the batch
+        # does not read are left as they are.
+        weight.data.t().addmm_(x.transposed_csr, gc, alpha=alpha)
+    else:
+        weight.data.addmm_(gc.t(), x, alpha=alpha)
+
+
+def _settle_hook(owed: LazyColumnNoise) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+    def settle(module: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0]
+        # A dense input reads every column.
+        owed.settle(x.columns if isinstance(x, SparseBatch)
+                    else torch.arange(owed.weight.shape[1]))
+    return settle
 
 
 def _views(buffer: torch.Tensor, params: list[torch.Tensor],
