@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ from torch import nn
 import participant.dp_sgd as dp_sgd
 from chem.models import EndpointSpec, ModelSpec, build_model, masked_loss
 from chem.sparse_rows import SparseBatch, SparseRows
-from participant.dp_sgd import dp_train
+from participant.dp_sgd import DPTrainingResult, dp_train
 from participant.lazy_noise import LazyColumnNoise, plain_sgd_group
 
 
@@ -38,6 +39,28 @@ def _fingerprints(n: int, d_in: int, per_row: int, seed: int) -> torch.Tensor:
         cols = torch.randperm(d_in, generator=g)[:per_row]
         x[i, cols] = torch.randint(1, 4, (per_row,), generator=g).double()
     return x
+
+
+class _Case:
+    """A one-endpoint regression on sparse count rows, trained by dp_train."""
+
+    def __init__(self, *, n: int, d_in: int, hidden: int, per_row: int, seed: int) -> None:
+        self.n = n
+        self.spec = ModelSpec(input_dim=d_in, hidden_dims=(hidden,), dropout=0.0, endpoints=(
+            EndpointSpec(name="a", task="regression", target_offset=0.0, target_scale=1.0),))
+        self.x = _fingerprints(n, d_in, per_row, seed=seed)
+        self.y = self.x[:, :d_in // 2].sum(dim=1, keepdim=True) - 1.0
+        self.mask = torch.ones_like(self.y)
+        self.rows = SparseRows.from_dense(self.x)
+
+    def dense(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.x[idx]
+
+    def train(self, model: nn.Module, inputs: Callable[[torch.Tensor], Any], *, seed: int,
+              **dp: Any) -> DPTrainingResult:
+        return dp_train(model, self.n, lambda pred, idx: masked_loss(
+            pred, self.y[idx], self.mask[idx], self.spec, reduction="none"),
+            inputs, generator=torch.Generator().manual_seed(seed), **dp)
 
 
 @pytest.mark.parametrize("helper", [False, True])
@@ -111,18 +134,11 @@ def test_a_changed_learning_rate_is_still_owed_exactly() -> None:
 
 
 def _tiny_run(seed: int, *, lazy: bool) -> torch.Tensor:
-    spec = ModelSpec(input_dim=100, hidden_dims=(3,), dropout=0.0, endpoints=(
-        EndpointSpec(name="a", task="regression", target_offset=0.0, target_scale=1.0),))
-    x = _fingerprints(60, 100, 2, seed=11)
-    y = x[:, :50].sum(dim=1, keepdim=True) - 1.0
-    mask = torch.ones_like(y)
-    rows = SparseRows.from_dense(x)
-    model = build_model(spec, seed=0).double()
-    result = dp_train(model, 60, lambda pred, idx: masked_loss(pred, y[idx], mask[idx], spec,
-                                                               reduction="none"),
-                      rows.gather, noise_multiplier=3.0, max_grad_norm=0.5, sample_rate=0.1,
-                      steps=20, optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
-                      generator=torch.Generator().manual_seed(seed), lazy_noise=lazy)
+    case = _Case(n=60, d_in=100, hidden=3, per_row=2, seed=11)
+    model = build_model(case.spec, seed=0).double()
+    result = case.train(model, case.rows.gather, seed=seed, noise_multiplier=3.0,
+                        max_grad_norm=0.5, sample_rate=0.1, steps=20,
+                        optimizer=torch.optim.SGD(model.parameters(), lr=1.0), lazy_noise=lazy)
     probe = torch.linspace(-1, 1, 100, dtype=torch.float64).unsqueeze(0)
     with torch.no_grad():
         w = dict(model.named_parameters())["trunk.0.weight"].flatten()
@@ -152,23 +168,16 @@ def test_without_noise_owed_columns_train_the_dense_model(
         lr: float, made: list[LazyColumnNoise]) -> None:
     # Noiseless Poisson steps: the clipped sum goes straight into the CSR-read
     # weight's columns and must follow the dense path step for step.
-    spec = ModelSpec(input_dim=200, hidden_dims=(16,), dropout=0.0, endpoints=(
-        EndpointSpec(name="a", task="regression", target_offset=0.0, target_scale=1.0),))
-    x = _fingerprints(300, 200, 3, seed=4)
-    y = x[:, :100].sum(dim=1, keepdim=True) - 1.5
-    mask = torch.ones_like(y)
+    case = _Case(n=300, d_in=200, hidden=16, per_row=3, seed=4)
     trained = []
-    for inputs in (lambda idx: x[idx], SparseRows.from_dense(x).gather):
-        model = build_model(spec, seed=3).double()
-        dp_train(model, 300, lambda pred, idx: masked_loss(pred, y[idx], mask[idx], spec,
-                                                           reduction="none"),
-                 inputs, noise_multiplier=0.0, max_grad_norm=0.5, sample_rate=0.05, steps=40,
-                 optimizer=torch.optim.SGD(model.parameters(), lr=lr),
-                 generator=torch.Generator().manual_seed(4))
+    for inputs in (case.dense, case.rows.gather):
+        model = build_model(case.spec, seed=3).double()
+        case.train(model, inputs, seed=4, noise_multiplier=0.0, max_grad_norm=0.5,
+                   sample_rate=0.05, steps=40, optimizer=torch.optim.SGD(model.parameters(), lr=lr))
         trained.append(dict(model.named_parameters()))
     assert len(made) == 1  # the CSR run owed its first layer's noise per column
     dense, sparse = trained
-    start = dict(build_model(spec, seed=3).double().named_parameters())
+    start = dict(build_model(case.spec, seed=3).double().named_parameters())
     assert torch.equal(dense["trunk.0.weight"], start["trunk.0.weight"]) == (lr == 0)
     for name in dense:
         assert torch.allclose(dense[name], sparse[name], rtol=1e-9, atol=1e-12), name
@@ -178,27 +187,20 @@ def test_a_dense_batch_among_csr_batches_reads_and_updates_every_column(
         made: list[LazyColumnNoise]) -> None:
     # Owing starts from a CSR first batch; a later dense batch reads every column,
     # so all owed noise is added before it and its update covers every column.
-    spec = ModelSpec(input_dim=200, hidden_dims=(8,), dropout=0.0, endpoints=(
-        EndpointSpec(name="a", task="regression", target_offset=0.0, target_scale=1.0),))
-    x = _fingerprints(300, 200, 3, seed=8)
-    y = x[:, :100].sum(dim=1, keepdim=True) - 1.5
-    mask = torch.ones_like(y)
-    rows = SparseRows.from_dense(x)
+    case = _Case(n=300, d_in=200, hidden=8, per_row=3, seed=8)
     calls = 0
 
     def mixed(idx: torch.Tensor) -> torch.Tensor | SparseBatch:
         nonlocal calls
         calls += 1
-        return rows.gather(idx) if calls % 3 == 1 else x[idx]
+        return case.rows.gather(idx) if calls % 3 == 1 else case.x[idx]
 
     trained = []
-    for inputs in (lambda idx: x[idx], mixed):
-        model = build_model(spec, seed=2).double()
-        dp_train(model, 300, lambda pred, idx: masked_loss(pred, y[idx], mask[idx], spec,
-                                                           reduction="none"),
-                 inputs, noise_multiplier=0.0, max_grad_norm=0.5, sample_rate=0.05, steps=12,
-                 optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
-                 generator=torch.Generator().manual_seed(9))
+    for inputs in (case.dense, mixed):
+        model = build_model(case.spec, seed=2).double()
+        case.train(model, inputs, seed=9, noise_multiplier=0.0, max_grad_norm=0.5,
+                   sample_rate=0.05, steps=12,
+                   optimizer=torch.optim.SGD(model.parameters(), lr=0.5))
         trained.append(dict(model.named_parameters()))
     assert len(made) == 1
     for name in trained[0]:
