@@ -107,10 +107,13 @@ class SparseBatch:
         return out.addmm_(self.transposed_csr, grad)
 
     @cached_property
+    def _column_counts(self) -> np.ndarray:
+        return np.bincount(self.col.numpy(), minlength=self.n_cols)
+
+    @cached_property
     def columns(self) -> torch.Tensor:
         """The columns holding a stored value, ascending: the only ones ``X W^T`` reads."""
-        return torch.from_numpy(np.flatnonzero(np.bincount(self.col.numpy(),
-                                                           minlength=self.n_cols)))
+        return torch.from_numpy(np.flatnonzero(self._column_counts))
 
     @cached_property
     def transposed_csr(self) -> torch.Tensor:
@@ -122,7 +125,7 @@ class SparseBatch:
         order = np.argsort(col.astype(np.uint16) if self.n_cols <= 1 << 16 else col,
                            kind="stable")
         crow = np.zeros(self.n_cols + 1, dtype=np.int64)
-        np.cumsum(np.bincount(col, minlength=self.n_cols), out=crow[1:])
+        np.cumsum(self._column_counts, out=crow[1:])
         return _csr(torch.from_numpy(crow), torch.from_numpy(self._row_ids.numpy()[order]),
                     self.val[torch.from_numpy(order)], (self.n_cols, self.shape[0]))
 

@@ -405,17 +405,21 @@ class _NoiseLayout:
 
 
 @torch.no_grad()
+def _add_weight_sum(target: torch.Tensor, x: Inputs, gc: torch.Tensor, *, alpha: float) -> None:
+    """``target += alpha * (c G)^T X`` in place: one ``addmm_`` with ``beta=1``, no copy."""
+    if isinstance(x, SparseBatch):
+        # (X^T G) into the column-major target's contiguous (in, out) form; rows the
+        # batch does not read are left as they are.
+        target.t().addmm_(x.transposed_csr, gc, alpha=alpha)
+    else:
+        target.addmm_(gc.t(), x, alpha=alpha)
+
+
 def _sgd_clipped_sum(weight: torch.Tensor, x: Inputs | None, gc: torch.Tensor | None, *,
                      alpha: float) -> None:
-    """``W += alpha * (c G)^T X`` in place: plain SGD's step on the clipped sum alone."""
-    if gc is None or x is None:  # unused, or no example: the update is the noise alone
-        return
-    if isinstance(x, SparseBatch):
-        # Into the column-major weight's contiguous (in, out) form; rows the batch
-        # does not read are left as they are.
-        weight.data.t().addmm_(x.transposed_csr, gc, alpha=alpha)
-    else:
-        weight.data.addmm_(gc.t(), x, alpha=alpha)
+    """``W += alpha * (c G)^T X``: plain SGD's step on the clipped sum alone."""
+    if gc is not None and x is not None:  # else unused, or no example: noise alone
+        _add_weight_sum(weight.data, x, gc, alpha=alpha)
 
 
 def _settle_hook(owed: LazyColumnNoise) -> Callable[[nn.Module, tuple[Any, ...]], None]:
@@ -458,9 +462,6 @@ def _add_clipped_sums(params: list[torch.Tensor], views: list[torch.Tensor],
             continue  # no example touched it: the update is the noise alone
         if not is_weight:
             grad.add_(gc.sum(dim=0), alpha=scale)
-        elif isinstance(x, SparseBatch):
-            # (X^T G) into the column-major view: the contiguous (in, out) matrix.
-            grad.t().addmm_(x.transposed_csr, gc, alpha=scale)
         else:
             assert x is not None
-            grad.addmm_(gc.t(), x, alpha=scale)
+            _add_weight_sum(grad, x, gc, alpha=scale)
