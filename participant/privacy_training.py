@@ -26,16 +26,21 @@ PerSampleLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tenso
 
 def train_dp_round(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor, torch.Tensor], *,
                    loss_fn: PerSampleLoss, max_grad_norm: float, noise_multiplier: float,
-                   sample_rate: float, local_epochs: int, lr: float,
-                   optimizer: Literal["sgd", "adam"] = "sgd", seed: int | None = None,
+                   sample_rate: float, steps: int, lr: float,
+                   optimizer: Literal["sgd", "adam"] = "sgd",
+                   generator: torch.Generator | None = None,
                    trainable: Collection[str] | None = None,
                    secure_mode: bool = False) -> DPTrainingResult:
-    """Train ``model`` in place for ``local_epochs`` epochs of ``int(1/q)`` steps."""
+    """Train ``model`` in place for ``steps`` DP-SGD steps; only ``trainable`` parameters move.
+
+    ``data`` is (features, labels, label mask); fingerprint-like features are
+    read as CSR rows. The optimizer is built here over the trainable
+    parameters, at ``lr``.
+    """
     x, y, mask = data
     n = int(x.shape[0])
-    if n == 0 or local_epochs < 1:
-        raise ConfigError("data/local_epochs", "need examples and at least one epoch",
-                          got=(n, local_epochs))
+    if n == 0 or steps < 1:
+        raise ConfigError("data/steps", "need examples and at least one step", got=(n, steps))
     names = dict(model.named_parameters())
     chosen = set(names) if trainable is None else set(trainable)
     unknown = chosen - set(names)
@@ -47,9 +52,7 @@ def train_dp_round(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor, tor
     params = [names[k] for k in sorted(chosen)]
     opt: torch.optim.Optimizer = (torch.optim.SGD(params, lr=lr) if optimizer == "sgd"
                                   else torch.optim.Adam(params, lr=lr))
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    steps = max(1, int(1 / sample_rate)) * local_epochs
     return dp_train(model, n, lambda pred, idx: loss_fn(pred, y[idx], mask[idx]),
                     row_batches(x), noise_multiplier=noise_multiplier,
                     max_grad_norm=max_grad_norm, sample_rate=sample_rate, steps=steps,
-                    optimizer=opt, generator=gen, secure_mode=secure_mode)
+                    optimizer=opt, generator=generator, secure_mode=secure_mode)

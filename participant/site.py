@@ -36,7 +36,6 @@ from chem.featurizers import FeaturizationSpec, check_compatible
 from chem.metrics import endpoint_metrics, headline_metric
 from chem.models import EndpointSpec, ModelSpec, build_model, get_weights, masked_loss, predict
 from chem.models import set_weights as load_weights
-from chem.sparse_rows import row_batches
 from participant.config import ParticipantConfig
 from participant.data import SiteData, load_site_data
 from participant.heads import PrivateHeadStore
@@ -238,7 +237,7 @@ class Site:
         except DataError as exc:
             return self._refusal(ins, "data-error", exc.diagnostics())
         from participant.calibration import Calibration
-        from participant.dp_sgd import dp_train
+        from participant.privacy_training import train_dp_round
 
         plan = ins.dp_plan
         try:
@@ -266,26 +265,21 @@ class Site:
         # Heads for endpoints this site has no labels for stay frozen: their delta is
         # exactly zero instead of pure noise.
         held = {e for j, e in enumerate(model.spec.endpoint_names) if mtr[:, j].any()}
-        for name, param in model.named_parameters():
-            if name.startswith("heads.") and name.split(".")[1] not in held:
-                param.requires_grad_(False)
-        inputs = row_batches(torch.from_numpy(data.x_train))  # CSR for fingerprints
-        y, m = torch.from_numpy(ytr), torch.from_numpy(mtr)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt: torch.optim.Optimizer = (torch.optim.Adam(params, lr=plan.learning_rate)
-                                      if plan.optimizer == "adam"
-                                      else torch.optim.SGD(params, lr=plan.learning_rate))
+        trainable = [name for name, _ in model.named_parameters()
+                     if not name.startswith("heads.") or name.split(".")[1] in held]
         # Sampling and noise must be unknown to the coordinator: a seed derived from
         # the round's public inputs would let it subtract the noise. Retries resend
         # the outbox, so fresh entropy never means a second release.
         gen = torch.Generator().manual_seed(secrets.randbits(63))
+        y, m = torch.from_numpy(ytr), torch.from_numpy(mtr)
         started = time.perf_counter()
-        result = dp_train(
-            model, data.n_train,
-            lambda pred, idx: masked_loss(pred, y[idx], m[idx], model.spec, reduction="none"),
-            inputs, noise_multiplier=cal.noise_multiplier,
-            max_grad_norm=plan.max_grad_norm, sample_rate=cal.sample_rate,
-            steps=cal.steps_per_round, optimizer=opt, generator=gen)
+        result = train_dp_round(
+            model, (torch.from_numpy(data.x_train), y, m),
+            loss_fn=lambda pred, yb, mb: masked_loss(pred, yb, mb, model.spec, reduction="none"),
+            max_grad_norm=plan.max_grad_norm, noise_multiplier=cal.noise_multiplier,
+            sample_rate=cal.sample_rate, steps=cal.steps_per_round, lr=plan.learning_rate,
+            optimizer="adam" if plan.optimizer == "adam" else "sgd", generator=gen,
+            trainable=trainable)
         # Logged on site only, never sent: the time tracks the Poisson batch sizes, which
         # the accountant assumes hidden. benchmarks/round_overhead.py reads this line.
         log.info("%s round %d: %d DP-SGD steps in %.3f s", ins.federation_id, ins.round,

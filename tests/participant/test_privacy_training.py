@@ -22,7 +22,8 @@ def _loss(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tens
 def _run(trainable: list[str] | None = None) -> tuple[nn.Module, int]:
     model, data = _setup()
     res = train_dp_round(model, data, loss_fn=_loss, max_grad_norm=1.0, noise_multiplier=1.0,
-                         sample_rate=0.1, local_epochs=2, lr=0.05, seed=3, trainable=trainable)
+                         sample_rate=0.1, steps=20, lr=0.05,
+                         generator=torch.Generator().manual_seed(3), trainable=trainable)
     return model, res.steps
 
 
