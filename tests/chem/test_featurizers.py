@@ -33,10 +33,56 @@ def test_registry_names_are_versioned() -> None:
 def test_dimensions_and_transforms() -> None:
     ecfp = featurize(STD, get_spec("ecfp4-count-2048/v1"), n_jobs=1)
     assert ecfp.shape == (len(STD), 2048) and ecfp.dtype == np.float32
-    assert ecfp.min() >= 0 and np.allclose(ecfp, np.log1p(np.expm1(ecfp)))
+    # log1p of whole counts: expm1 recovers non-negative integers.
+    counts = np.expm1(ecfp.astype(np.float64))
+    assert ecfp.min() >= 0 and np.allclose(counts, np.round(counts), atol=1e-4)
     desc = featurize(STD, get_spec("rdkit2d/v1"), n_jobs=1)
     assert desc.shape[0] == len(STD) and np.isfinite(desc).all()
     assert np.abs(desc).max() <= 20.0
+
+
+# Golden values. Morgan radius-2 counts of ethanol: 3 atom environments at radius 0 and 3 at
+# radius 1; every radius-2 environment repeats the whole molecule and is dropped, so 6 in all.
+# Aspirin (C9H8O4): 35 environments over 24 bits. The bit indices pin RDKit's hashing, so an
+# RDKit or featurizer change that moves them fails here before sites disagree in production.
+GOLDEN_ECFP = {
+    "CCO": {80: 1, 222: 1, 294: 1, 807: 1, 1057: 1, 1410: 1},
+    "CC(=O)Oc1ccccc1C(=O)O": {
+        389: 1, 456: 1, 650: 2, 695: 1, 807: 3, 909: 1, 1017: 1, 1035: 1, 1047: 1, 1057: 1,
+        1088: 2, 1199: 2, 1380: 2, 1410: 1, 1447: 1, 1468: 1, 1616: 1, 1729: 1, 1750: 2,
+        1775: 1, 1873: 4, 1917: 2, 1970: 1, 1991: 1,
+    },
+}
+# Descriptor values from the formulas (average molecular weight, Lipinski counts).
+GOLDEN_DESCRIPTORS = {
+    "CCO": {"MolWt": 46.069, "HeavyAtomCount": 3, "NumHDonors": 1, "NumHAcceptors": 1,
+            "RingCount": 0},
+    "CC(=O)Oc1ccccc1C(=O)O": {"MolWt": 180.159, "HeavyAtomCount": 13, "NumHDonors": 1,
+                              "NumHAcceptors": 3, "RingCount": 1},
+}
+
+
+def test_ecfp_matches_golden_counts() -> None:
+    smiles = list(GOLDEN_ECFP)
+    x = featurize(smiles, get_spec("ecfp4-count-2048/v1"), n_jobs=1)
+    for row, smi in zip(x, smiles, strict=True):
+        nonzero = {int(i): round(float(np.expm1(row[i]))) for i in np.flatnonzero(row)}
+        assert nonzero == GOLDEN_ECFP[smi], smi
+    assert np.expm1(x[0]).sum() == pytest.approx(6.0)
+    assert np.expm1(x[1]).sum() == pytest.approx(35.0)
+
+
+def test_descriptors_match_golden_values() -> None:
+    from chem.featurizers import _descriptor_functions
+
+    names = [name for name, _ in _descriptor_functions()]
+    smiles = list(GOLDEN_DESCRIPTORS)
+    x = featurize(smiles, get_spec("rdkit2d/v1"), n_jobs=1).astype(np.float64)
+    for row, smi in zip(x, smiles, strict=True):
+        for name, value in GOLDEN_DESCRIPTORS[smi].items():
+            # the transform is sign(x) * log1p(|x|); invert it
+            got = float(np.expm1(row[names.index(name)]))
+            assert got == pytest.approx(value, abs=2e-3), (smi, name)
 
 
 @settings(max_examples=20, deadline=None)
