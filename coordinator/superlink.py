@@ -71,7 +71,7 @@ def start_superlink(plan: SuperLinkPlan, *, log_path: Path,
     private to this user (0700/0600).
     """
     private_dir(plan.state_dir)
-    private_dir(log_path.parent)
+    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.chmod(log_path, 0o600)
     log = os.fdopen(fd, "ab")

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 __all__ = ["ALLOWED", "QUIET", "flower_env"]
 
-# What a Python process needs to find itself, its locale and the network, and of Flower's
+# What a Python process needs to find itself, its locale and the network; of Flower's,
 # only where its config lives and how much it logs. Proxies stay: a member's outbound
 # HTTPS may have to cross one.
 ALLOWED = frozenset({
@@ -26,6 +26,9 @@ ALLOWED = frozenset({
     "PYTHONPATH", "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR",
     "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
     "NO_PROXY", "no_proxy", "FLWR_HOME", "FLWR_LOG_LEVEL",
+    # the ServerApp's MLflow credentials (the tracking URI itself is in federation.toml)
+    "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
 })
 _ALLOWED_PREFIXES = ("LC_",)
 

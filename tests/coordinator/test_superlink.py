@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,16 @@ def _env_dumper(path: Path, out: Path, touch: Path) -> str:
     path.write_text(f"#!/bin/sh\nenv > '{out}'\n: > '{touch}'\n")
     path.chmod(0o700)
     return str(path)
+
+
+def _finish(proc: subprocess.Popen[bytes]) -> None:
+    """Bounded wait; the process group is killed by PID if it outlives it."""
+    try:
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
 
 
 def _environment(text: str) -> dict[str, str]:
@@ -37,12 +48,7 @@ def test_hostile_grpc_variable_in_the_parent_does_not_reach_the_superlink(
                                                 state / "superlink.db"))
     proc = start_superlink(plan, log_path=state / "superlink.log",
                            env={**os.environ, "FLWR_HOME": str(tmp_path / "home")})
-    try:
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+    _finish(proc)
     env = _environment(dump.read_text())
     assert "FLWR_INTERNAL_GRPC_CONTROL_API" not in env
     assert "FLWR_INTERNAL_GRPC_FLEET_API" not in env
@@ -60,12 +66,7 @@ def test_superlink_state_log_and_keys_are_private_to_its_user(tmp_path: Path) ->
                          executable=_env_dumper(tmp_path / "fake-superlink",
                                                 tmp_path / "env.txt", state / "superlink.db"))
     proc = start_superlink(plan, log_path=state / "superlink.log")
-    try:
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+    _finish(proc)
 
     def mode(p: Path) -> int:
         return stat.S_IMODE(p.stat().st_mode)
