@@ -51,6 +51,7 @@ from protocols.errors import (
     AdmissionError,
     ConfigError,
     MessageValidationError,
+    ReplyBoundsError,
     RoundFailedError,
 )
 from protocols.messages import PROTOCOL_VERSION, DPPlan, RoundInstruction
@@ -297,11 +298,14 @@ class Federation:
                 reasons[fallback] = "error"
                 continue
             try:
-                decoded = codec.decode_train_reply(reply.content)
+                decoded = codec.decode_train_reply(reply.content, shapes=shapes)
             except MessageValidationError as exc:
+                # Bounds failures record their stable code only (no peer-chosen names).
+                code = exc.reason if isinstance(exc, ReplyBoundsError) else "malformed"
+                text = code if isinstance(exc, ReplyBoundsError) else f"{code}: {exc.message}"
                 leaves.append(ReceiptLeaf(participant_fingerprint=fallback, status="rejected",
-                                          reason=f"malformed: {exc.message}"[:200]))
-                reasons[fallback] = "malformed"
+                                          reason=text[:200]))
+                reasons[fallback] = code
                 continue
             if decoded.refusal is not None:
                 fpr = decoded.refusal.participant_fingerprint

@@ -22,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from protocols.errors import DeploymentError
 
-__all__ = ["TlsFiles", "create_pki", "san_names", "write_atomic"]
+__all__ = ["TlsFiles", "create_pki", "private_dir", "san_names", "write_atomic"]
 
 _LOOPBACK_SANS = ("localhost", "127.0.0.1", "::1")
 
@@ -53,6 +53,13 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         raise
 
 
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) and make it 0700: only its owner may list or enter it."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
 def san_names(public_host: str | None) -> list[str]:
     """Loopback names plus the public host (deduplicated, order kept)."""
     names = list(_LOOPBACK_SANS)
@@ -77,6 +84,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 def create_pki(directory: Path, *, public_host: str | None = None,
                validity_days: int = 825, overwrite: bool = False) -> TlsFiles:
     """Create ``ca.crt``/``ca.key`` and ``server.crt``/``server.key`` in ``directory``."""
+    private_dir(directory)
     files = TlsFiles(ca_cert=directory / "ca.crt", ca_key=directory / "ca.key",
                      server_cert=directory / "server.crt", server_key=directory / "server.key")
     existing = [p for p in (files.ca_cert, files.ca_key, files.server_cert, files.server_key)

@@ -3,6 +3,13 @@
 flwr 1.41 serves Fleet, Control and Runtime APIs on one port and the OSS
 Control API has no authentication, so everything except the Fleet API is 403.
 Node-auth headers are forwarded but never logged (custom log_format).
+
+Bounds, per member address: one request body at most :func:`fleet_body_limit` (Flower
+pushes one object per request and cuts every array into 5 MiB chunks, so no honest
+request is larger than one chunk or the model's largest tensor), :data:`RATE_PER_S`
+requests a second with a burst of :data:`BURST`, :data:`CONNECTIONS` connections at once;
+over that, 429. TLS: 1.3, or 1.2 with ECDHE and an AEAD cipher (AES-GCM, ChaCha20-Poly1305)
+only; no session tickets (their key would outlive every connection's forward secrecy).
 """
 
 from __future__ import annotations
@@ -12,14 +19,45 @@ from pathlib import Path
 
 from coordinator.pki import write_atomic
 
-__all__ = ["NGINX", "nginx_config", "start_nginx", "write_nginx_config"]
+__all__ = ["NGINX", "TLS12_CIPHERS", "fleet_body_limit", "nginx_config", "start_nginx",
+           "write_nginx_config"]
 
 NGINX = "/usr/sbin/nginx"
+# flwr 1.41's FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE default; members run with it, since
+# protocols.flower_env keeps FLWR_PRIVATE_* out of their SuperNodes.
+FLOWER_ARRAY_CHUNK_BYTES = 5 * 1024 * 1024
+BODY_SLACK_BYTES = 1024 * 1024  # protobuf framing, object ids, message metadata
+# A round moves a few dozen objects per member (one request each), plus polls.
+RATE_PER_S = 20
+BURST = 200
+CONNECTIONS = 16
+# TLS 1.2: forward-secret key exchange and AEAD only (TLS 1.3's suites all are).
+TLS12_CIPHERS = ":".join([
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+])
+
+
+def fleet_body_limit(largest_tensor_bytes: int | None = None) -> int:
+    """The largest request body an honest member sends, plus slack, in bytes.
+
+    One Flower chunk, or the model's largest tensor (its ``.npy`` bytes) when that is
+    smaller, plus 1 MiB of framing. Without a model: 6 MiB, the bound every model with a
+    tensor of a chunk or more reaches; the default 2048-512-256 trunk (largest tensor
+    2048x512 float32, 4 MiB) gives 5 MiB.
+    """
+    chunk = FLOWER_ARRAY_CHUNK_BYTES
+    if largest_tensor_bytes is not None:
+        chunk = min(chunk, largest_tensor_bytes)
+    return chunk + BODY_SLACK_BYTES
 
 
 def nginx_config(*, prefix: Path, listen_host: str, listen_port: int, upstream_port: int,
-                 server_cert: Path, server_key: Path, ca_cert: Path) -> str:
+                 server_cert: Path, server_key: Path, ca_cert: Path,
+                 max_body_bytes: int | None = None) -> str:
     """The whole nginx.conf text (foreground, no daemon, state under ``prefix``)."""
+    body = fleet_body_limit() if max_body_bytes is None else max_body_bytes
     return f"""\
 worker_processes 1;
 pid {prefix}/nginx.pid;
@@ -36,13 +74,24 @@ http {{
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
     server_tokens off;
+    limit_req_zone $binary_remote_addr zone=fleet_req:10m rate={RATE_PER_S}r/s;
+    limit_conn_zone $binary_remote_addr zone=fleet_conn:10m;
+    limit_req_status 429;
+    limit_conn_status 429;
+    client_header_timeout 10s;
+    client_body_timeout 60s;
     server {{
         listen {listen_host}:{listen_port} ssl;
         ssl_certificate {server_cert};
         ssl_certificate_key {server_key};
         ssl_protocols TLSv1.2 TLSv1.3;
-        client_max_body_size 64m;
+        ssl_ciphers {TLS12_CIPHERS};
+        ssl_prefer_server_ciphers off;
+        ssl_session_tickets off;
+        client_max_body_size {body};
         location /v1/fleet/ {{
+            limit_req zone=fleet_req burst={BURST} nodelay;
+            limit_conn fleet_conn {CONNECTIONS};
             proxy_pass https://127.0.0.1:{upstream_port};
             proxy_http_version 1.1;
             proxy_ssl_trusted_certificate {ca_cert};

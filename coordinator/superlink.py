@@ -7,10 +7,13 @@ import ssl
 import subprocess
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from coordinator.pki import private_dir
 from protocols.errors import DeploymentError
+from protocols.flower_env import flower_env
 
 __all__ = [
     "SuperLinkPlan",
@@ -60,12 +63,21 @@ def write_flwr_home(flwr_home: Path, *, port: int, ca_cert: Path,
 
 
 def start_superlink(plan: SuperLinkPlan, *, log_path: Path,
-                    env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start in its own process group (so the spawned SuperExec stops with it)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+                    env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start in its own process group (so the spawned SuperExec stops with it).
+
+    The SuperLink gets :func:`protocols.flower_env.flower_env` of ``env`` (default: this
+    process's environment), never the whole of it; its state directory and log are
+    private to this user (0700/0600).
+    """
+    private_dir(plan.state_dir)
+    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.chmod(log_path, 0o600)
+    log = os.fdopen(fd, "ab")
     return subprocess.Popen(superlink_command(plan), stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, **(env or {})}, start_new_session=True)
+                            env=flower_env(os.environ if env is None else env),
+                            start_new_session=True, umask=0o077)
 
 
 def wait_healthy(*, port: int, ca_cert: Path, timeout_s: float = 30.0,

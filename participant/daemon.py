@@ -33,6 +33,7 @@ from pathlib import Path
 from participant.pinned_clientapp import PIN_ENV
 from participant.pinning import CodePin
 from protocols.errors import ConfigError, DeploymentError
+from protocols.flower_env import flower_env
 
 __all__ = [
     "DEFAULT_TASK_POLL_INTERVAL",
@@ -134,16 +135,18 @@ def superexec_command(plan: SuperNodePlan, *, secret_file: Path) -> list[str]:
 
 
 def supernode_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Keep HTTPS_PROXY; make sure loopback (the local SuperExec) is never proxied."""
-    env = dict(os.environ if base is None else base)
-    current = env.get("NO_PROXY") or env.get("no_proxy") or ""
+    """The allow-listed Flower environment (:func:`protocols.flower_env.flower_env`).
+
+    Keeps HTTPS_PROXY; makes sure loopback (the local SuperExec) is never proxied.
+    """
+    src = os.environ if base is None else base
+    current = src.get("NO_PROXY") or src.get("no_proxy") or ""
     entries = [e for e in current.split(",") if e]
     for host in _LOOPBACK_NO_PROXY:
         if host not in entries:
             entries.append(host)
-    env["NO_PROXY"] = env["no_proxy"] = ",".join(entries)
-    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    return env
+    no_proxy = ",".join(entries)
+    return flower_env(src, {"NO_PROXY": no_proxy, "no_proxy": no_proxy})
 
 
 def _write_private(path: Path, data: bytes, *, mode: int) -> None:
@@ -200,23 +203,29 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
 
 
 def start_node(plan: SuperNodePlan, *, work_dir: Path, log_path: Path,
-               env: Mapping[str, str] | None = None) -> NodeProcesses:
-    """Start SuperExec (with the pin's runners, if pinned) and SuperNode; do not wait."""
+               env: Mapping[str, str] | None = None,
+               extra_env: Mapping[str, str] | None = None) -> NodeProcesses:
+    """Start SuperExec (with the pin's runners, if pinned) and SuperNode; do not wait.
+
+    Both get :func:`supernode_env` of ``env`` (default: this process's environment);
+    ``extra_env`` reaches the SuperExec and its ClientApps as given.
+    """
     work_dir.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     base = supernode_env(env)
     secret_file = work_dir / "superexec.secret"
     _write_private(secret_file, secrets.token_hex(32).encode(), mode=0o600)
-    exec_env = {**base, TASK_POLL_ENV: str(plan.task_poll_interval)}
+    exec_extra = {**(extra_env or {}), TASK_POLL_ENV: str(plan.task_poll_interval)}
     if plan.code_pin is not None:
         pin_file, bin_dir = write_pin_runtime(plan.code_pin, work_dir)
-        exec_env[PIN_ENV] = str(pin_file)
-        exec_env["PATH"] = os.pathsep.join([str(bin_dir), base.get("PATH", os.defpath)])
+        exec_extra[PIN_ENV] = str(pin_file)
+        exec_extra["PATH"] = os.pathsep.join([str(bin_dir), base.get("PATH", os.defpath)])
         log.info("ClientApp code is pinned: this participant runs only %s.",
                  plan.code_pin.describe())
     else:
         log.warning("UNSAFE: no code pin (unsafe_run_unpinned_code). This participant will "
                     "run WHATEVER ClientApp code the coordinator sends, next to your data.")
+    exec_env = flower_env(base, exec_extra)
     with open(log_path, "ab") as out:
         superexec = subprocess.Popen(superexec_command(plan, secret_file=secret_file),
                                      stdout=out, stderr=subprocess.STDOUT, env=exec_env,

@@ -11,6 +11,12 @@ this member accepts, as any of three rules (a bundle passing one of them runs):
   ``pyproject.toml`` names a ClientApp in an installed package (``participant`` by
   default) and every other file is byte-identical to the installed copy.
 
+The archive is read under hard limits (:data:`MAX_FAB_BYTES`, :data:`MAX_ENTRIES`,
+:data:`MAX_ENTRY_BYTES`, :data:`MAX_TOTAL_BYTES`): the sizes the zip declares are checked
+before anything is decompressed, and every entry is streamed with a byte limit because
+those headers can lie. Names with control characters are refused, so
+:func:`code_digest`'s ``"<sha>  <path>\n"`` lines cannot be forged inside a name.
+
 No I/O here: the shell (:mod:`participant.pinned_clientapp`) hands in the bytes and the
 installed files' digests and acts on the :class:`PinDecision`.
 """
@@ -22,6 +28,7 @@ import io
 import re
 import stat
 import tomllib
+import unicodedata
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +49,14 @@ CONFIG_FILE = "pyproject.toml"
 INFO_DIR = ".info/"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+# A ClientApp bundle is source code: fedadmet's own packages unpack to under 1 MiB.
+MAX_FAB_BYTES = 10 * 1024 * 1024  # flwr 1.41's FAB_MAX_SIZE
+MAX_ENTRIES = 4096
+MAX_ENTRY_BYTES = 8 * 1024 * 1024
+MAX_TOTAL_BYTES = 32 * 1024 * 1024
+_READ_CHUNK = 64 * 1024
+# Control, format and line/paragraph separator characters (Unicode categories).
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 class BundleRefused(IntegrityError):
@@ -129,20 +144,56 @@ class PinDecision:
 
 def _safe_name(name: str) -> bool:
     parts = name.split("/")
-    return (bool(name) and not name.startswith("/") and "\\" not in name and "\x00" not in name
+    return (bool(name) and not name.startswith("/") and "\\" not in name
+            and not any(unicodedata.category(c) in _UNSAFE_CATEGORIES for c in name)
             and all(p not in ("", ".", "..") for p in parts))
+
+
+def _read_bounded(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    """Decompress one entry, never holding more than ``limit`` bytes of it."""
+    chunks: list[bytes] = []
+    size = 0
+    with archive.open(info) as entry:
+        while chunk := entry.read(min(_READ_CHUNK, limit + 1 - size)):
+            size += len(chunk)
+            if size > limit:
+                raise BundleRefused("a bundle entry inflates beyond its declared size or the "
+                                    "limit", got=info.filename,
+                                    expected=f"at most {limit} bytes")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_declared_sizes(infos: list[zipfile.ZipInfo]) -> None:
+    if len(infos) > MAX_ENTRIES:
+        raise BundleRefused("the bundle holds too many entries", got=len(infos),
+                            expected=f"at most {MAX_ENTRIES}")
+    for info in infos:
+        if info.file_size > MAX_ENTRY_BYTES:
+            raise BundleRefused("a bundle entry is too large", got=(info.filename,
+                                info.file_size), expected=f"at most {MAX_ENTRY_BYTES} bytes")
+    total = sum(info.file_size for info in infos)
+    if total > MAX_TOTAL_BYTES:
+        raise BundleRefused("the bundle unpacks to too many bytes", got=total,
+                            expected=f"at most {MAX_TOTAL_BYTES} bytes")
 
 
 def bundle_files(fab: bytes) -> dict[str, bytes]:
     """The files Flower would install from ``fab`` (``.info/`` dropped).
 
     Refuses (:class:`BundleRefused`) what an unzip could turn into something other than
-    these bytes: unsafe or duplicate names, links, unreadable archives.
+    these bytes (unsafe or duplicate names, control characters, links, unreadable
+    archives) and what exceeds the size limits, before and while decompressing.
     """
+    if len(fab) > MAX_FAB_BYTES:
+        raise BundleRefused("the bundle is too large", got=len(fab),
+                            expected=f"at most {MAX_FAB_BYTES} bytes")
     try:
         archive = zipfile.ZipFile(io.BytesIO(fab))
         infos = archive.infolist()
+        _check_declared_sizes(infos)
         files: dict[str, bytes] = {}
+        budget = MAX_TOTAL_BYTES
         for info in infos:
             if info.is_dir():
                 continue
@@ -153,7 +204,9 @@ def bundle_files(fab: bytes) -> dict[str, bytes]:
                 raise BundleRefused("the bundle holds a symbolic link", got=name)
             if name in files:
                 raise BundleRefused("the bundle holds the same file twice", got=name)
-            files[name] = archive.read(info)
+            # Each entry is held to the size it declared (already capped): headers can lie.
+            files[name] = _read_bounded(archive, info, min(info.file_size, budget))
+            budget -= len(files[name])
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
         raise BundleRefused("the bundle is not a readable zip archive", got=str(exc)) from exc
     return {k: v for k, v in files.items() if not k.startswith(INFO_DIR)}

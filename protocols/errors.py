@@ -26,6 +26,7 @@ __all__ = [
     "PrivacyBudgetExceeded",
     "ProtocolError",
     "ReceiptVerificationError",
+    "ReplyBoundsError",
     "RoundFailedError",
     "SignatureError",
     "SpecMismatchError",
@@ -142,6 +143,20 @@ class ProtocolError(FedAdmetError):
 
 class MessageValidationError(ProtocolError):
     """A wire message failed validation when it was built or parsed."""
+
+
+class ReplyBoundsError(MessageValidationError):
+    """A reply's arrays are not the model's, checked from metadata before decoding.
+
+    ``reason`` is a stable code (``undeclared-tensor``, ``missing-tensor``,
+    ``wrong-stype``, ``wrong-dtype``, ``wrong-shape``, ``oversized``, ``metadata-mismatch``)
+    fit for a receipt.
+    """
+
+    def __init__(self, reason: str, message: str, *, got: Any = None,
+                 expected: Any = None) -> None:
+        self.reason = reason
+        super().__init__(message, got=got, expected=expected)
 
 
 class SignatureError(ProtocolError):

@@ -7,6 +7,12 @@ aggregate metrics in a ``MetricRecord``. Decoding checks the record layout
 exactly and raises :class:`MessageValidationError` (never ``KeyError``) on
 anything missing, extra or mistyped.
 
+A train reply's delta is checked against the model before any payload is converted:
+tensor names, ``stype``, ``dtype`` and ``shape`` come from each ``Array``'s metadata, and
+each payload's byte length must fit its declared shape (plus an ``.npy`` header), so a
+hostile reply costs at most one model's bytes (:func:`reply_byte_budget`). After
+conversion the array must still be what the metadata declared (headers can lie).
+
 Layout (record keys):
 
 - train or evaluate instruction: ``fedadmet.instruction`` (ConfigRecord, ``json``) and
@@ -26,10 +32,11 @@ from typing import TypeVar
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from protocols.errors import MessageValidationError
+from protocols.errors import MessageValidationError, ReplyBoundsError
 from protocols.messages import Refusal, RoundInstruction, UpdateSubmission, Wire
 
 __all__ = [
+    "NPY_HEADER_SLACK",
     "TrainReply",
     "decode_evaluate_reply",
     "decode_instruction",
@@ -38,6 +45,7 @@ __all__ = [
     "encode_instruction",
     "encode_refusal",
     "encode_train_reply",
+    "reply_byte_budget",
 ]
 
 INSTRUCTION = "fedadmet.instruction"
@@ -47,6 +55,13 @@ DELTA = "fedadmet.delta"
 METRICS = "fedadmet.metrics"
 REFUSAL = "fedadmet.refusal"
 _JSON = "json"
+_NUMPY_STYPE = "numpy.ndarray"
+# An .npy v1/v2 header is padded to a multiple of 64 bytes and is 128 bytes for any
+# trunk tensor; 1 KiB per tensor leaves room for long shapes and nothing else.
+NPY_HEADER_SLACK = 1024
+# A signed submission is a few hundred bytes of canonical JSON.
+MAX_WIRE_JSON_BYTES = 64 * 1024
+MAX_METRICS = 256
 
 W = TypeVar("W", bound=Wire)
 
@@ -71,6 +86,61 @@ def _numpy(record: object, key: str) -> dict[str, np.ndarray]:
     return out
 
 
+def reply_byte_budget(shapes: Mapping[str, tuple[int, ...]], *, dtype: str = "float32") -> int:
+    """The most bytes a train reply may carry: the model's tensors, headers, the JSON."""
+    itemsize = np.dtype(dtype).itemsize
+    return (sum(int(np.prod(s, dtype=np.int64)) * itemsize + NPY_HEADER_SLACK
+                for s in shapes.values()) + MAX_WIRE_JSON_BYTES + MAX_METRICS * 1024)
+
+
+def _check_declared(record: ArrayRecord, key: str, shapes: Mapping[str, tuple[int, ...]],
+                    dtype: str) -> None:
+    """Names, stype, dtype, shape and payload size from metadata only (nothing converted)."""
+    names = set(record.keys())
+    if names - set(shapes):
+        raise ReplyBoundsError("undeclared-tensor", f"record `{key}` holds undeclared tensors",
+                               got=sorted(names - set(shapes))[:8],
+                               expected="only the model's trunk tensors")
+    if set(shapes) - names:
+        raise ReplyBoundsError("missing-tensor", f"record `{key}` lacks model tensors",
+                               got=sorted(set(shapes) - names)[:8])
+    itemsize = np.dtype(dtype).itemsize
+    for name in sorted(names):
+        array = record[name]
+        if array.stype != _NUMPY_STYPE:
+            raise ReplyBoundsError("wrong-stype", f"array `{name}` is not a numpy array",
+                                   got=array.stype, expected=_NUMPY_STYPE)
+        if array.dtype != dtype:
+            raise ReplyBoundsError("wrong-dtype", f"array `{name}` has the wrong dtype",
+                                   got=array.dtype, expected=dtype)
+        shape = tuple(array.shape) if isinstance(array.shape, tuple | list) else None
+        if shape != tuple(shapes[name]):
+            raise ReplyBoundsError("wrong-shape", f"array `{name}` has the wrong shape",
+                                   got=array.shape, expected=tuple(shapes[name]))
+        limit = int(np.prod(shape, dtype=np.int64)) * itemsize + NPY_HEADER_SLACK
+        size = len(array.data) if isinstance(array.data, bytes) else limit + 1
+        if size > limit:
+            raise ReplyBoundsError("oversized",
+                                   f"array `{name}` is larger than its declared shape allows",
+                                   got=f"{size} bytes", expected=f"at most {limit}")
+
+
+def _declared_numpy(record: object, key: str, shapes: Mapping[str, tuple[int, ...]],
+                    dtype: str) -> dict[str, np.ndarray]:
+    if not isinstance(record, ArrayRecord):
+        raise MessageValidationError(f"record `{key}` is not an ArrayRecord",
+                                     got=type(record).__name__)
+    _check_declared(record, key, shapes, dtype)
+    out = _numpy(record, key)
+    for name, array in out.items():
+        if array.dtype != np.dtype(dtype) or tuple(array.shape) != tuple(shapes[name]):
+            raise ReplyBoundsError("metadata-mismatch",
+                                   f"array `{name}` does not match its own metadata",
+                                   got=f"{array.dtype}{tuple(array.shape)}",
+                                   expected=f"{dtype}{tuple(shapes[name])}")
+    return out
+
+
 def _wire(message: Wire) -> ConfigRecord:
     return ConfigRecord({_JSON: message.canonical_bytes().decode("utf-8")})
 
@@ -82,6 +152,9 @@ def _parse(record: object, key: str, cls: type[W]) -> W:
     text = record[_JSON]
     if not isinstance(text, str):
         raise MessageValidationError(f"record `{key}` json is not a string", got=type(text))
+    if len(text) > MAX_WIRE_JSON_BYTES:
+        raise MessageValidationError(f"record `{key}` is too large", got=f"{len(text)} chars",
+                                     expected=f"at most {MAX_WIRE_JSON_BYTES}")
     try:
         data = json.loads(text)
     except ValueError as exc:
@@ -104,6 +177,9 @@ def _metrics(record: object) -> dict[str, float]:
     if not isinstance(record, MetricRecord):
         raise MessageValidationError(f"record `{METRICS}` is not a MetricRecord",
                                      got=type(record).__name__)
+    if len(record) > MAX_METRICS:
+        raise MessageValidationError(f"record `{METRICS}` holds too many metrics",
+                                     got=len(record), expected=f"at most {MAX_METRICS}")
     out: dict[str, float] = {}
     for k in record:
         v = record[k]
@@ -150,14 +226,21 @@ def encode_refusal(refusal: Refusal) -> RecordDict:
     return RecordDict({REFUSAL: _wire(refusal)})
 
 
-def decode_train_reply(content: RecordDict) -> TrainReply:
-    """Inverse of :func:`encode_train_reply` / :func:`encode_refusal`."""
+def decode_train_reply(content: RecordDict, *, shapes: Mapping[str, tuple[int, ...]],
+                       dtype: str = "float32") -> TrainReply:
+    """Inverse of :func:`encode_train_reply` / :func:`encode_refusal`.
+
+    ``shapes`` (the model's trunk tensors) and ``dtype`` bound the delta: its metadata is
+    checked before any payload is converted, so an oversized or undeclared tensor costs
+    nothing beyond the bytes Flower already holds.
+    """
     if REFUSAL in content:
         _layout(content, {REFUSAL}, "refusal")
         return TrainReply(None, {}, {}, _parse(content[REFUSAL], REFUSAL, Refusal))
     _layout(content, {SUBMISSION, DELTA, METRICS}, "train reply")
-    return TrainReply(_parse(content[SUBMISSION], SUBMISSION, UpdateSubmission),
-                      _numpy(content[DELTA], DELTA), _metrics(content[METRICS]), None)
+    submission = _parse(content[SUBMISSION], SUBMISSION, UpdateSubmission)
+    delta = _declared_numpy(content[DELTA], DELTA, shapes, dtype)
+    return TrainReply(submission, delta, _metrics(content[METRICS]), None)
 
 
 def encode_evaluate_reply(metrics: Mapping[str, float]) -> RecordDict:

@@ -26,6 +26,7 @@ from participant.daemon import (
     write_pin_runtime,
 )
 from participant.keys import create_member_keys
+from participant.pinned_clientapp import PIN_ENV
 from participant.pinning import CodePin, bundle_files, code_digest
 from protocols.errors import ConfigError, DeploymentError
 
@@ -254,7 +255,7 @@ def test_tampered_bundle_is_refused(tmp_path: Path, superlink: tuple[int, Path])
                    env={**os.environ, "FLWR_HOME": str(flwr_home)})
     log_path = tmp_path / "supernode.log"
     node = start_node(plan, work_dir=tmp_path / "runtime", log_path=log_path,
-                      env={**os.environ, "MARKER_DIR": str(markers)})
+                      extra_env={"MARKER_DIR": str(markers)})
     runs: list[subprocess.Popen[bytes]] = []
     try:
         good_result = tmp_path / "good-result.json"
@@ -296,3 +297,33 @@ def test_unenrolled_node_key_stops_the_daemon_at_once(tmp_path: Path,
     with pytest.raises(DeploymentError, match="refused this participant"):
         run_with_restarts(plan, log_path=tmp_path / "supernode.log", sleep=sleeps.append)
     assert sleeps == [] and time.monotonic() - started < 60
+
+
+def _env_dumper(path: Path, out: Path) -> str:
+    path.write_text(f"#!/bin/sh\nenv > '{out}'\n")
+    path.chmod(0o700)
+    return str(path)
+
+
+def test_hostile_parent_environment_never_reaches_supernode_or_superexec(
+        tmp_path: Path) -> None:
+    """Real child processes: each records the environment it was started with."""
+    parent = {**os.environ, "FLWR_INTERNAL_GRPC_FLEET_API": "1", "FLWR_TELEMETRY_ENABLED": "1",
+              "FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE": "999999999", "LD_PRELOAD": "/tmp/x.so"}
+    plan = _plan(tmp_path, executable=_env_dumper(tmp_path / "sn", tmp_path / "sn.env"),
+                 superexec_executable=_env_dumper(tmp_path / "se", tmp_path / "se.env"))
+    node = start_node(plan, work_dir=tmp_path / "runtime", log_path=tmp_path / "log",
+                      env=parent, extra_env={"MARKER_DIR": "/m"})
+    try:
+        assert node.supernode.wait(timeout=30) == 0 and node.superexec.wait(timeout=30) == 0
+    finally:
+        node.stop(timeout_s=5)
+    for name in ("sn", "se"):
+        env = dict(line.split("=", 1) for line in
+                   (tmp_path / f"{name}.env").read_text().splitlines() if "=" in line)
+        assert not {"FLWR_INTERNAL_GRPC_FLEET_API", "FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE",
+                    "LD_PRELOAD"} & set(env), name
+        assert env["FLWR_DISABLE_UPDATE_CHECK"] == "1", name
+        assert env["FLWR_TELEMETRY_ENABLED"] == "0", name
+        assert ("MARKER_DIR" in env) == (name == "se")
+    assert Path(env[PIN_ENV]).is_file()  # the pin (an explicit extra) reaches SuperExec

@@ -130,7 +130,7 @@ def test_train_reply_leaks_no_smiles_or_per_example_data(
         site_reply: tuple[SiteKit, Message]) -> None:
     kit, reply = site_reply
     assert not reply.has_error(), reply.error
-    decoded = codec.decode_train_reply(reply.content)
+    decoded = codec.decode_train_reply(reply.content, shapes=_expectations(kit).shared_shapes)
     assert decoded.refusal is None and decoded.submission is not None
     exp = _expectations(kit)
     assert min(exp.sizes) > 30 and len(exp.smiles) >= 250
@@ -152,7 +152,7 @@ def test_train_metrics_are_the_reviewed_aggregates_only(
     """A new metric must be reviewed here first: e.g. the DP-SGD wall time would track the
     Poisson batch sizes, which the accountant assumes hidden."""
     kit, reply = site_reply
-    decoded = codec.decode_train_reply(reply.content)
+    decoded = codec.decode_train_reply(reply.content, shapes=_expectations(kit).shared_shapes)
     endpoints = {f"n.{e}" for e in kit.model_spec.endpoint_names}
     assert set(decoded.metrics) == {"train-loss", "steps", "num-examples"} | endpoints
 
@@ -177,7 +177,7 @@ def test_leak_scan_catches_a_planted_smiles_and_a_per_example_array(
     exp = _expectations(kit)
     smiles = sorted(s for s in exp.smiles if len(s) >= 12)[0]
     n_train = min(exp.sizes)
-    decoded = codec.decode_train_reply(reply.content)
+    decoded = codec.decode_train_reply(reply.content, shapes=_expectations(kit).shared_shapes)
     assert decoded.submission is not None
     planted = {
         "metric": codec.encode_train_reply(decoded.submission, decoded.delta,
@@ -200,7 +200,7 @@ def test_private_head_stays_on_site(site_reply: tuple[SiteKit, Message]) -> None
     kit, reply = site_reply
     heads = PrivateHeadStore(kit.config.state_dir).load()
     assert set(heads) == {"heads.private_assay.weight", "heads.private_assay.bias"}
-    delta = codec.decode_train_reply(reply.content).delta
+    delta = codec.decode_train_reply(reply.content, shapes=_expectations(kit).shared_shapes).delta
     assert not any(k.startswith("heads.private_assay") for k in delta)
 
 

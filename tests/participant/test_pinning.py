@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import stat
+import struct
+import tracemalloc
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from participant.pinned_clientapp import installed_digests
-from participant.pinning import BundleRefused, CodePin, bundle_files, code_digest, decide
+from participant.pinning import (
+    MAX_ENTRIES,
+    MAX_ENTRY_BYTES,
+    MAX_FAB_BYTES,
+    MAX_TOTAL_BYTES,
+    BundleRefused,
+    CodePin,
+    bundle_files,
+    code_digest,
+    decide,
+)
 from protocols.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,3 +208,104 @@ def test_pin_round_trips_through_its_mapping() -> None:
         CodePin.from_mapping({"fab-sha256": "a" * 64})
     with pytest.raises(ConfigError, match="true or false"):
         CodePin.from_mapping({"installed-fedadmet": "yes"})
+
+
+# --------------------------------------------------- bounded unpacking (issue 14 §4)
+def _bomb(entries: Mapping[str, int], *, level: int = 9) -> bytes:
+    """A deflated zip whose entries are ``size`` zero bytes each, written in 1 MiB slices."""
+    buf = io.BytesIO()
+    zero = bytes(1 << 20)
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=level) as z:
+        for name, size in entries.items():
+            info = zipfile.ZipInfo(name, (2024, 10, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with z.open(info, "w") as f:
+                for start in range(0, size, len(zero)):
+                    f.write(zero[:min(len(zero), size - start)])
+    return buf.getvalue()
+
+
+def _peak_while(fn: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(BundleRefused):
+            fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_zip_bomb_entry_is_refused_before_decompressing() -> None:
+    """A 64 MiB declared entry from a ~64 KiB bundle: refused from its header, no growth."""
+    fab = _bomb({"app/client.py": 64 << 20})
+    assert len(fab) < 256 << 10
+    with pytest.raises(BundleRefused, match="entry is too large"):
+        bundle_files(fab)
+    assert _peak_while(lambda: bundle_files(fab)) < 2 << 20
+    assert not decide(fab, pin=CodePin.installed(), installed={}).accepted
+
+
+def test_bundle_whose_entries_sum_past_the_total_is_refused() -> None:
+    n = MAX_TOTAL_BYTES // MAX_ENTRY_BYTES + 1
+    fab = _bomb({f"app/m{i}.py": MAX_ENTRY_BYTES for i in range(n)}, level=1)
+    with pytest.raises(BundleRefused, match="unpacks to too many bytes"):
+        bundle_files(fab)
+    assert _peak_while(lambda: bundle_files(fab)) < 2 << 20
+
+
+def test_bundle_with_thousands_of_entries_is_refused() -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for i in range(MAX_ENTRIES + 1):
+            z.writestr(f"app/m{i}.py", b"")
+    with pytest.raises(BundleRefused, match="too many entries"):
+        bundle_files(buf.getvalue())
+
+
+def _lie_about_size(fab: bytes, name: bytes, declared: int) -> bytes:
+    """Rewrite ``name``'s uncompressed size in its local and central headers."""
+    data = bytearray(fab)
+    for sig, offset, name_at in ((b"PK\x03\x04", 22, 30), (b"PK\x01\x02", 24, 46)):
+        at = data.find(sig)
+        while at >= 0 and data[at + name_at:at + name_at + len(name)] != name:
+            at = data.find(sig, at + 1)
+        assert at >= 0
+        data[at + offset:at + offset + 4] = struct.pack("<I", declared)
+    return bytes(data)
+
+
+def test_lying_zip_header_cannot_inflate_past_its_declared_size() -> None:
+    """The headers declare 100 bytes; the stream inflates to 16 MiB of zeros."""
+    fab = _lie_about_size(_bomb({"app/client.py": 16 << 20}), b"app/client.py", 100)
+    assert zipfile.ZipFile(io.BytesIO(fab)).getinfo("app/client.py").file_size == 100
+    with pytest.raises(BundleRefused):
+        bundle_files(fab)
+    assert _peak_while(lambda: bundle_files(fab)) < 2 << 20
+
+
+def test_oversized_fab_is_refused_before_it_is_opened() -> None:
+    with pytest.raises(BundleRefused, match="bundle is too large"):
+        bundle_files(bytes(MAX_FAB_BYTES + 1))
+
+
+# --------------------------------------------------- one code hash, one bundle
+def test_newline_in_a_file_name_cannot_forge_the_code_hash() -> None:
+    """`app/__init__.py\\n<sha>  app/client.py` hashes like the two real files."""
+    forged_name = (f"app/__init__.py\n{hashlib.sha256(APP['app/client.py']).hexdigest()}"
+                   "  app/client.py")
+    forged = {forged_name: APP["app/__init__.py"], "pyproject.toml": APP["pyproject.toml"]}
+    assert code_digest(forged) == code_digest(APP)  # the collision the digest alone allows
+    pin = CodePin(code_sha256=frozenset({code_digest(APP)}))
+    assert decide(fab_bytes(APP), pin=pin).accepted
+    fab = fab_bytes(forged)
+    with pytest.raises(BundleRefused, match="unsafe file name"):
+        bundle_files(fab)
+    assert not decide(fab, pin=pin).accepted
+
+
+@pytest.mark.parametrize("char", ["\n", "\r", "\t", "\x1b", "\x7f", "\x85",
+                                  "\u2028", "\u202e", "\ufeff"])
+def test_control_characters_in_file_names_are_refused(char: str) -> None:
+    fab = fab_bytes({**APP, f"app/evil{char}.py": b""})
+    with pytest.raises(BundleRefused, match="unsafe file name"):
+        bundle_files(fab)
