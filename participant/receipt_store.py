@@ -23,6 +23,7 @@ a coordinator that cannot account for our updates gets no more of them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -188,12 +189,12 @@ class ReceiptStore:
             proof_path = self.dir / f"proof-{receipt.round:06d}.json"
             if proof_path.exists():
                 proof_path.unlink()  # left by a crash before its receipt was stored
-            _atomic_create(proof_path, proof.canonical_bytes())
-        _atomic_create(self._path(receipt.round), receipt.canonical_bytes())
+            _atomic_write(proof_path, proof.canonical_bytes())
+        _atomic_write(self._path(receipt.round), receipt.canonical_bytes())
         # After the receipt: a crash in between leaves the pin one round behind, never ahead.
-        _atomic_replace(self.head_file, canonical_json({
+        _atomic_write(self.head_file, canonical_json({
             "federation_id": receipt.federation_id, "receipt_hash": receipt_hash(receipt),
-            "round": receipt.round}))
+            "round": receipt.round}), overwrite=True)
 
     def _halt(self, check: str, round: int | None, message: str) -> None:
         self.halt_file.parent.mkdir(parents=True, exist_ok=True)
@@ -206,32 +207,22 @@ class ReceiptStore:
         os.replace(tmp, self.halt_file)
 
 
-def _atomic_create(path: Path, data: bytes) -> None:
-    """Create ``path`` with ``data``; never overwrite (append-only)."""
+def _atomic_write(path: Path, data: bytes, *, overwrite: bool = False) -> None:
+    """Write ``path`` from a fsynced temp file, then fsync the directory.
+
+    Append-only by default: ``os.link`` fails if the name exists. ``overwrite``
+    replaces the file instead (``os.replace``), for the recorded head.
+    """
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.link(tmp, path)
+        (os.replace if overwrite else os.link)(tmp, path)
     finally:
-        os.unlink(tmp)
-    _fsync_dir(path.parent)
-
-
-def _atomic_replace(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` (temp file, fsync, ``os.replace``, fsync the directory)."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        with contextlib.suppress(FileNotFoundError):  # gone after os.replace
+            os.unlink(tmp)
     _fsync_dir(path.parent)
 
 
