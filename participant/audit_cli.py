@@ -3,7 +3,10 @@
 Receipts are stored one per file, ``receipt-NNNNNN.json``, each holding the
 signed receipt's RFC 8785 canonical bytes (``docs/receipts.md``). Verification
 needs only those files and the coordinator's public key pinned at enrolment:
-no network, no trust in the operator.
+no network, no trust in the operator. Each file must be named for the round it
+holds, and a ``receipt-*.json`` name that is no round's is refused. The files
+cannot show that the chain's end was cut off: ``--expect-head`` (a member's
+last verified head, from ``fedadmet participant budget``) and ``--rounds`` can.
 """
 
 from __future__ import annotations
