@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from protocols.errors import IntegrityError
+from protocols.receipts import receipt_filename
 
 __all__ = ["ReceiptLog"]
 
@@ -28,7 +29,7 @@ class ReceiptLog:
 
     def path_for(self, round: int) -> Path:
         """Where the receipt for ``round`` lives."""
-        return self.dir / f"receipt-{round:06d}.json"
+        return self.dir / receipt_filename(round)
 
     def append(self, round: int, receipt_bytes: bytes) -> Path:
         """Write the receipt for ``round``; identical bytes already there are accepted."""

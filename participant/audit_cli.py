@@ -3,29 +3,61 @@
 Receipts are stored one per file, ``receipt-NNNNNN.json``, each holding the
 signed receipt's RFC 8785 canonical bytes (``docs/receipts.md``). Verification
 needs only those files and the coordinator's public key pinned at enrolment:
-no network, no trust in the operator.
+no network, no trust in the operator. Each file must be named for the round it
+holds, and a ``receipt-*.json`` name that is no round's is refused. The files
+cannot show that the chain's end was cut off: ``--expect-head`` (a member's
+last verified head, from ``fedadmet participant budget``) and ``--rounds`` can.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from protocols.receipts import parse_receipt, verify_chain
+from protocols.errors import MessageValidationError
+from protocols.receipts import (
+    ChainReport,
+    parse_receipt,
+    sort_receipt_filenames,
+    verify_stored_chain,
+)
 from protocols.signing import load_public_key
 
 app = typer.Typer(help="Verify and inspect signed round receipts offline.", no_args_is_help=True)
 
+_HEAD = re.compile(r"[0-9a-f]{64}")
 
-def _receipt_files(directory: Path) -> list[Path]:
-    files = sorted(directory.glob("receipt-*.json"))
+
+def _receipt_files(directory: Path) -> dict[str, bytes]:
+    """Every ``receipt-*.json`` entry, stray names included (the verifier refuses those)."""
+    files = {p.name: p.read_bytes() if p.is_file() else b""
+             for p in directory.glob("receipt-*.json")}
     if not files:
         raise typer.BadParameter(f"no receipt-*.json files in {directory}")
     return files
+
+
+def _head(value: str | None) -> str | None:
+    if value is not None and not _HEAD.fullmatch(value):
+        raise typer.BadParameter(f"got {value!r}; expected a receipt hash, 64 lower-case hex "
+                                 "characters, as `fedadmet participant budget` prints it")
+    return value
+
+
+def _explain(report: ChainReport) -> str:
+    if report.first_bad_name is None:
+        return f"[red]FAILED[/red]: {escape(report.reason or '')}"
+    where = "" if report.first_bad_index is None else f" (receipt #{report.first_bad_index + 1}"
+    if where and report.first_bad_round is not None:
+        where += f", round {report.first_bad_round}"
+    return f"[red]FAILED[/red] at {escape(report.first_bad_name)}{where + ')' if where else ''}" \
+           f": {escape(report.reason or '')}"
 
 
 @app.command()
@@ -34,21 +66,36 @@ def verify(
                                         help="Directory of receipt-NNNNNN.json files."),
     coordinator_key: Path = typer.Option(..., "--coordinator-key", exists=True, dir_okay=False,
                                          help="Coordinator's Ed25519 public key (PEM/hex)."),
+    expect_head: str | None = typer.Option(
+        None, "--expect-head", callback=_head, metavar="HEX",
+        help="A receipt hash the chain must contain, such as the head a member last verified "
+             "(`fedadmet participant budget` prints it). Detects a truncated or forked chain."),
+    rounds: int | None = typer.Option(
+        None, "--rounds", min=1, metavar="N",
+        help="The number of rounds the chain must hold, exactly. Detects truncation."),
+    federation: str | None = typer.Option(
+        None, "--federation", help="The federation id every receipt must carry."),
 ) -> None:
     """Verify the whole chain; name the first bad receipt and why."""
     key = load_public_key(coordinator_key.read_bytes())
-    files = _receipt_files(receipts_dir)
-    report = verify_chain([f.read_bytes() for f in files], coordinator_key=key)
+    report = verify_stored_chain(_receipt_files(receipts_dir), coordinator_key=key,
+                                 federation_id=federation, expect_head=expect_head,
+                                 expect_rounds=rounds)
     console = Console()
     if report.ok:
         console.print(f"[green]OK[/green]: {report.verified} receipt(s) verified; "
-                      f"chain head {report.head_hash}")
+                      f"chain head {report.head_hash} (round {report.head_round})")
+        if report.expected_head_round is not None:
+            beyond = report.head_round - report.expected_head_round
+            console.print(f"expected head is round {report.expected_head_round}"
+                          + (f"; the chain extends it by {beyond} round(s)" if beyond else ""))
         return
-    bad = files[report.first_bad_index or 0]
-    console.print(f"[red]FAILED[/red] at {bad.name} (receipt #{(report.first_bad_index or 0) + 1}"
-                  f"{'' if report.first_bad_round is None else f', round {report.first_bad_round}'}"
-                  f"): {report.reason}")
-    console.print(f"{report.verified} receipt(s) before it verified.")
+    console.print(_explain(report))
+    if report.first_bad_index is not None:
+        console.print(f"{report.verified} receipt(s) before it verified.")
+    elif report.first_bad_name is None:
+        console.print(f"all {report.verified} receipt(s) present verified; chain head "
+                      f"{report.head_hash} (round {report.head_round}).")
     sys.exit(1)
 
 
@@ -59,8 +106,19 @@ def show(
 ) -> None:
     """Print a table per round: participants, status, ε, model digests (not verified)."""
     console = Console()
-    for f in _receipt_files(receipts_dir):
-        receipt = parse_receipt(f.read_bytes())
+    files = _receipt_files(receipts_dir)
+    names, strays = sort_receipt_filenames(files)
+    if strays:
+        console.print(f"[red]stray file(s)[/red] {escape(', '.join(strays))}: receipt files "
+                      "are named receipt-NNNNNN.json for their round")
+        sys.exit(1)
+    for name in names:
+        try:
+            receipt = parse_receipt(files[name])
+        except MessageValidationError as exc:
+            console.print(f"[red]{escape(name)}[/red]: {escape(exc.message)}; "
+                          "run `fedadmet audit verify`")
+            sys.exit(1)
         table = Table(title=f"round {receipt.round}  {receipt.issued_at}  "
                       f"model {receipt.model_digest_before[:12]} -> "
                       f"{receipt.model_digest_after[:12]}  config {receipt.config_digest[:12]}")

@@ -155,11 +155,14 @@ def start(config: Path = typer.Option(Path("participant.toml"), "--config", help
 def budget(config: Path = typer.Option(Path("participant.toml"), "--config", help=_CONFIG_HELP),
            as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")
            ) -> None:
-    """Privacy spend per round, cumulative ε, and what remains of the budget."""
+    """Privacy spend per round, cumulative ε, what remains, and the verified receipt head."""
+    from dataclasses import asdict
+
     from rich.console import Console
     from rich.table import Table
 
     from participant.ledger import PrivacyLedger
+    from participant.receipt_store import ReceiptStore
 
     cfg = ParticipantConfig.load(config)
     path = cfg.state_dir / "privacy_ledger.json"
@@ -167,8 +170,11 @@ def budget(config: Path = typer.Option(Path("participant.toml"), "--config", hel
     accountant: Literal["rdp", "prv"] = "prv" if stored.get("accountant") == "prv" else "rdp"
     ledger = PrivacyLedger.open(cfg.state_dir, max_epsilon=cfg.max_epsilon, delta=cfg.delta,
                                 accountant=accountant)
+    store = ReceiptStore(cfg.state_dir)
+    head = store.head()
     if as_json:
-        typer.echo(json.dumps({"summary": ledger.summary(), "rounds": ledger.rounds()},
+        typer.echo(json.dumps({"summary": ledger.summary(), "rounds": ledger.rounds(),
+                               "receipt_head": None if head is None else asdict(head)},
                               indent=2, default=str))
         return
     table = Table(title=f"privacy ledger of {cfg.name} (δ = {cfg.delta:g}, {accountant})")
@@ -181,6 +187,15 @@ def budget(config: Path = typer.Option(Path("participant.toml"), "--config", hel
     console.print(table)
     console.print(f"spent ε = {ledger.epsilon():.3f} of {cfg.max_epsilon:g}; "
                   f"remaining {ledger.remaining():.3f}")
+    if head is None:
+        console.print("receipt chain head: none verified yet")
+        return
+    console.print(f"receipt chain head: round {head.round} of {head.federation_id}, "
+                  f"{head.receipt_hash}", soft_wrap=True, markup=False)
+    key = cfg.coordinator_key or "COORDINATOR_KEY"
+    console.print(f"check any copy of the chain: fedadmet audit verify {store.dir} "
+                  f"--coordinator-key {key} --expect-head {head.receipt_hash}", soft_wrap=True,
+                  markup=False)
 
 
 def _fmt(value: float) -> str:

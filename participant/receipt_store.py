@@ -10,6 +10,12 @@ site's own inclusion proof for a round is kept next to it as
 ``proof-NNNNNN.json`` (canonical JSON of :class:`InclusionProof`), so the site
 can later show an auditor that its update is in the signed tree.
 
+The latest verified chain head (round and receipt hash) is also recorded
+apart from the receipts, in ``receipt_head.json``: the receipts alone cannot
+show that their last one was deleted, the pin can. ``fedadmet participant
+budget`` prints it for ``fedadmet audit verify --expect-head``, and a store
+whose receipts end before the pin halts instead of re-accepting a fork.
+
 If any check fails the site writes ``HALTED.json`` naming the check and the
 round, and refuses to train until an operator investigates and removes it:
 a coordinator that cannot account for our updates gets no more of them.
@@ -17,6 +23,7 @@ a coordinator that cannot account for our updates gets no more of them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -25,18 +32,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocols.errors import ProtocolError, ReceiptVerificationError
+from protocols.canonical import canonical_json, strict_json_loads
+from protocols.errors import MessageValidationError, ProtocolError, ReceiptVerificationError
+from protocols.messages import check_digest
 from protocols.receipts import (
     InclusionProof,
     RoundReceipt,
     parse_receipt,
     proof_for,
+    receipt_filename,
     receipt_hash,
+    round_of_receipt_filename,
     verify_receipt_for_participant,
 )
 from protocols.signing import Ed25519PublicKey
 
-__all__ = ["Halt", "ReceiptStore"]
+__all__ = ["ChainHead", "Halt", "ReceiptStore"]
 
 
 @dataclass(frozen=True)
@@ -48,25 +59,62 @@ class Halt:
     message: str
 
 
+@dataclass(frozen=True)
+class ChainHead:
+    """The newest receipt this site verified: pin it with ``audit verify --expect-head``."""
+
+    federation_id: str
+    round: int
+    receipt_hash: str
+
+
 class ReceiptStore:
     """Append-only store of verified receipts under ``<state>/receipts``."""
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = Path(state_dir) / "receipts"
         self.halt_file = Path(state_dir) / "HALTED.json"
+        self.head_file = Path(state_dir) / "receipt_head.json"
 
     # ---------------------------------------------------------------- state
     def rounds(self) -> list[int]:
-        """Rounds with a stored receipt, ascending."""
-        return sorted(int(p.stem.removeprefix("receipt-")) for p in self.dir.glob("receipt-*.json"))
+        """Rounds with a stored receipt, ascending (names other than ours are not receipts)."""
+        return sorted(r for p in self.dir.glob("receipt-*.json")
+                      if (r := round_of_receipt_filename(p.name)) is not None)
 
     def last(self) -> tuple[int, str | None]:
-        """(last round held, its receipt hash), or (0, None) before the first receipt."""
+        """(last round held, its receipt hash), or (0, None) before the first receipt.
+
+        Raises :class:`ReceiptVerificationError` (``chain``) if the receipts
+        end before the recorded head: deleted receipts must not let a forked
+        round be accepted in their place.
+        """
         rounds = self.rounds()
-        if not rounds:
-            return 0, None
-        receipt = parse_receipt(self._path(rounds[-1]).read_bytes())
-        return receipt.round, receipt_hash(receipt)
+        held: tuple[int, str | None] = (0, None)
+        if rounds:
+            receipt = parse_receipt(self._path(rounds[-1]).read_bytes())
+            held = (receipt.round, receipt_hash(receipt))
+        head = self.head()
+        if head is not None and (head.round > held[0] or (
+                head.round == held[0] and head.receipt_hash != held[1])):
+            raise ReceiptVerificationError(
+                "chain", "stored receipts end before, or differ from, the recorded chain head",
+                round=head.round, got=held, expected=(head.round, head.receipt_hash),
+                fix="restore the missing receipt files from a backup; never delete receipts")
+        return held
+
+    def head(self) -> ChainHead | None:
+        """The latest verified chain head recorded, or None before the first receipt."""
+        if not self.head_file.exists():
+            return None
+        d = strict_json_loads(self.head_file.read_bytes(), what=str(self.head_file))
+        if (not isinstance(d, dict) or set(d) != {"federation_id", "receipt_hash", "round"}
+                or not isinstance(d["federation_id"], str) or type(d["round"]) is not int):
+            raise MessageValidationError(f"{self.head_file} is malformed", got=d,
+                                         expected="federation_id, receipt_hash and round")
+        check_digest("ChainHead", "receipt_hash", d["receipt_hash"])
+        return ChainHead(federation_id=d["federation_id"], round=d["round"],
+                         receipt_hash=d["receipt_hash"])
 
     def halted(self) -> Halt | None:
         """The recorded halt, if a check ever failed."""
@@ -83,7 +131,7 @@ class ReceiptStore:
         return InclusionProof.from_dict(json.loads(path.read_bytes()))
 
     def _path(self, round: int) -> Path:
-        return self.dir / f"receipt-{round:06d}.json"
+        return self.dir / receipt_filename(round)
 
     # ---------------------------------------------------------------- intake
     def accept(self, receipts: Sequence[Mapping[str, Any]],
@@ -141,8 +189,12 @@ class ReceiptStore:
             proof_path = self.dir / f"proof-{receipt.round:06d}.json"
             if proof_path.exists():
                 proof_path.unlink()  # left by a crash before its receipt was stored
-            _atomic_create(proof_path, proof.canonical_bytes())
-        _atomic_create(self._path(receipt.round), receipt.canonical_bytes())
+            _atomic_write(proof_path, proof.canonical_bytes())
+        _atomic_write(self._path(receipt.round), receipt.canonical_bytes())
+        # After the receipt: a crash in between leaves the pin one round behind, never ahead.
+        _atomic_write(self.head_file, canonical_json({
+            "federation_id": receipt.federation_id, "receipt_hash": receipt_hash(receipt),
+            "round": receipt.round}), overwrite=True)
 
     def _halt(self, check: str, round: int | None, message: str) -> None:
         self.halt_file.parent.mkdir(parents=True, exist_ok=True)
@@ -155,17 +207,22 @@ class ReceiptStore:
         os.replace(tmp, self.halt_file)
 
 
-def _atomic_create(path: Path, data: bytes) -> None:
-    """Create ``path`` with ``data``; never overwrite (append-only)."""
+def _atomic_write(path: Path, data: bytes, *, overwrite: bool = False) -> None:
+    """Write ``path`` from a fsynced temp file, then fsync the directory.
+
+    Append-only by default: ``os.link`` fails if the name exists. ``overwrite``
+    replaces the file instead (``os.replace``), for the recorded head.
+    """
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.link(tmp, path)
+        (os.replace if overwrite else os.link)(tmp, path)
     finally:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):  # gone after os.replace
+            os.unlink(tmp)
     _fsync_dir(path.parent)
 
 

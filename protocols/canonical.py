@@ -14,6 +14,7 @@ on values, dtype and shape always agree on the digest.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -23,7 +24,15 @@ import rfc8785
 
 from protocols.errors import MessageValidationError
 
-__all__ = ["array_digest", "canonical_json", "finite_float", "sha256_hex", "tensors_digest"]
+__all__ = [
+    "array_digest",
+    "canonical_json",
+    "finite_float",
+    "require_canonical",
+    "sha256_hex",
+    "strict_json_loads",
+    "tensors_digest",
+]
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -44,6 +53,47 @@ def canonical_json(obj: Any) -> bytes:
             expected="str keys; str, bool, None, finite numbers, lists and objects",
             fix="encode bytes as hex and avoid NaN/Inf",
         ) from exc
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        raise ValueError(f"duplicate member name(s) {repeated}")
+    return dict(pairs)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259)")
+
+
+def strict_json_loads(data: bytes, *, what: str) -> Any:
+    """Parse UTF-8 JSON bytes, refusing what :func:`json.loads` would let through.
+
+    ``json.loads`` keeps the *last* of duplicate member names, accepts
+    ``NaN``/``Infinity`` and guesses UTF-16/32 encodings: each would let one
+    value have several byte forms, so each is refused here.
+    """
+    try:
+        text = bytes(data).decode("utf-8")
+        return json.loads(text, object_pairs_hook=_refuse_duplicates,
+                          parse_constant=_refuse_constant)
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise MessageValidationError(f"{what} is not valid JSON", got=str(exc),
+                                     expected="UTF-8 JSON (RFC 8259) without duplicate names"
+                                     ) from exc
+
+
+def require_canonical(data: bytes, canonical: bytes, *, what: str) -> None:
+    """Refuse ``data`` unless it is byte for byte ``canonical`` (its value's one byte form)."""
+    if bytes(data) == canonical:
+        return
+    at = next((i for i, (a, b) in enumerate(zip(data, canonical, strict=False)) if a != b),
+              min(len(data), len(canonical)))
+    raise MessageValidationError(
+        f"{what} bytes are not in canonical form", got=f"first difference at byte {at}",
+        expected="RFC 8785 canonical JSON of the parsed value, byte for byte",
+        fix="re-encode with RFC 8785; never edit stored receipts by hand")
 
 
 def sha256_hex(data: bytes) -> str:

@@ -50,26 +50,26 @@ def _bad(cls: str, name: str, value: Any, expected: str) -> MessageValidationErr
 
 def check_digest(cls: str, name: str, value: Any) -> None:
     """A lower-case hex SHA-256 digest."""
-    if not isinstance(value, str) or not _HEX64.match(value):
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
         raise _bad(cls, name, value, "64 lower-case hex characters (SHA-256)")
 
 
 def check_fingerprint(cls: str, name: str, value: Any) -> None:
     """A key fingerprint, ``sha256:<hex>``."""
-    if not isinstance(value, str) or not _FPR.match(value):
+    if not isinstance(value, str) or not _FPR.fullmatch(value):
         raise _bad(cls, name, value, "'sha256:' followed by 64 hex characters")
 
 
 def check_participant_id(cls: str, name: str, value: Any) -> None:
     """A key fingerprint, or ``node:<id>`` for a node that never identified itself."""
-    if not isinstance(value, str) or not (_FPR.match(value) or _NODE.match(value)):
+    if not isinstance(value, str) or not (_FPR.fullmatch(value) or _NODE.fullmatch(value)):
         raise _bad(cls, name, value, "'sha256:<64 hex>' or 'node:<integer>'")
 
 
 def _check_signature(cls: str, name: str, value: Any, *, optional: bool = False) -> None:
     if optional and value is None:
         return
-    if not isinstance(value, str) or not _SIG.match(value):
+    if not isinstance(value, str) or not _SIG.fullmatch(value):
         raise _bad(cls, name, value, "128 lower-case hex characters (Ed25519)")
 
 

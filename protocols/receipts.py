@@ -11,19 +11,21 @@ normative specification of the bytes; this module implements it.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar
 
 from protocols import merkle
-from protocols.canonical import canonical_json, sha256_hex
+from protocols.canonical import canonical_json, require_canonical, sha256_hex, strict_json_loads
 from protocols.errors import MessageValidationError, ReceiptVerificationError, SignatureError
 from protocols.messages import (
     PROTOCOL_VERSION,
     Wire,
     _check_float,
     _check_int,
+    _check_signature,
     _check_str,
     _check_version,
     check_digest,
@@ -41,15 +43,22 @@ __all__ = [
     "build_receipt",
     "parse_receipt",
     "proof_for",
+    "receipt_filename",
     "receipt_hash",
+    "round_of_receipt_filename",
     "sign_receipt",
+    "sort_receipt_filenames",
     "verify_chain",
     "verify_receipt_for_participant",
     "verify_receipt_signature",
+    "verify_stored_chain",
 ]
 
 GENESIS_HASH = "0" * 64
 STATUSES = ("accepted", "rejected", "dropped", "refused")
+# docs/receipts.md §1: exactly YYYY-MM-DDTHH:MM:SSZ (ASCII digits; \d would take any Unicode digit).
+_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+_FILENAME = re.compile(r"receipt-([0-9]{6,})\.json")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,8 +80,11 @@ class ReceiptLeaf(Wire):
         if self.status not in STATUSES:
             raise MessageValidationError("ReceiptLeaf.status is invalid", got=self.status,
                                          expected=" | ".join(STATUSES))
+        if self.reason is not None:
+            _check_str(n, "reason", self.reason)
         if self.update_digest is not None:
             check_digest(n, "update_digest", self.update_digest)
+        _check_signature(n, "participant_signature", self.participant_signature, optional=True)
         _check_float(n, "weight", self.weight, lo=0.0, hi=1.0)
         if self.claimed_epsilon is not None:
             _check_float(n, "claimed_epsilon", self.claimed_epsilon, lo=0.0)
@@ -111,13 +123,17 @@ class RoundReceipt(Wire):
         _check_version(n, self.protocol_version)
         _check_str(n, "federation_id", self.federation_id)
         _check_int(n, "round", self.round, minimum=1)
-        if not isinstance(self.issued_at, str) or not self.issued_at.endswith("Z"):
-            raise MessageValidationError("RoundReceipt.issued_at must be RFC 3339 UTC",
-                                         got=self.issued_at, expected="YYYY-MM-DDTHH:MM:SSZ")
+        _check_timestamp(n, "issued_at", self.issued_at)
         for name in ("previous_receipt_hash", "model_digest_before", "model_digest_after",
                      "config_digest", "merkle_root"):
             check_digest(n, name, getattr(self, name))
         check_fingerprint(n, "coordinator_fingerprint", self.coordinator_fingerprint)
+        # Lower-case only: the signature is the one field it does not sign, so a parser that
+        # took "D" for "d" would give one signed receipt many byte forms and chain heads.
+        _check_signature(n, "signature", self.signature)
+        if not isinstance(self.leaves, tuple | list):
+            raise MessageValidationError(f"{n}.leaves is invalid", got=self.leaves,
+                                         expected="an array of receipt leaves")
         leaves = tuple(ReceiptLeaf.from_dict(leaf) if isinstance(leaf, Mapping) else leaf
                        for leaf in self.leaves)
         object.__setattr__(self, "leaves", leaves)
@@ -131,6 +147,18 @@ class RoundReceipt(Wire):
         d = self.to_dict()
         del d["signature"]
         return canonical_json(d)
+
+
+def _check_timestamp(cls: str, name: str, value: object) -> None:
+    ok = isinstance(value, str) and _TIMESTAMP.fullmatch(value) is not None
+    if ok:
+        try:  # the pattern fixed the layout; this refuses month 13, February 30 and the like
+            datetime.fromisoformat(str(value)[:-1])
+        except ValueError:
+            ok = False
+    if not ok:
+        raise MessageValidationError(f"{cls}.{name} is invalid", got=value,
+                                     expected="RFC 3339 UTC, exactly YYYY-MM-DDTHH:MM:SSZ")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,17 +219,41 @@ def receipt_hash(receipt: RoundReceipt) -> str:
     return sha256_hex(receipt.canonical_bytes())
 
 
+def receipt_filename(round: int) -> str:
+    """The stored receipt's file name: ``receipt-`` and the round zero-padded to six digits."""
+    return f"receipt-{round:06d}.json"
+
+
+def round_of_receipt_filename(name: str) -> int | None:
+    """The round a file name stands for, or None unless it is exactly :func:`receipt_filename`.
+
+    ``receipt-10.json``, ``receipt-0000010.json`` and ``receipt-000000.json`` name no round.
+    """
+    match = _FILENAME.fullmatch(name)
+    if match is None:
+        return None
+    round_ = int(match.group(1))
+    return round_ if round_ >= 1 and receipt_filename(round_) == name else None
+
+
+def sort_receipt_filenames(names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(names that are some round's :func:`receipt_filename`, in round order; the strays)."""
+    rounds = {name: round_of_receipt_filename(name) for name in names}
+    strays = sorted(name for name, round_ in rounds.items() if round_ is None)
+    good = sorted((round_, name) for name, round_ in rounds.items() if round_ is not None)
+    return [name for _, name in good], strays
+
+
 def parse_receipt(data: bytes | Mapping[str, Any]) -> RoundReceipt:
-    """Parse stored bytes (which must be exactly canonical) or a JSON object."""
+    """Parse stored bytes (which must be exactly canonical) or a JSON object.
+
+    Bytes are refused unless they are the receipt's one byte form
+    (docs/receipts.md §4): UTF-8, no duplicate member names, every field in
+    its stated encoding, and RFC 8785 canonical JSON of the whole, byte for byte.
+    """
     if isinstance(data, bytes | bytearray):
-        try:
-            obj = json.loads(data)
-        except ValueError as exc:
-            raise MessageValidationError("receipt is not valid JSON", got=str(exc)) from exc
-        receipt = RoundReceipt.from_dict(obj)
-        if receipt.canonical_bytes() != bytes(data):
-            raise MessageValidationError("receipt bytes are not in canonical form",
-                                         expected="RFC 8785 canonical JSON, byte for byte")
+        receipt = RoundReceipt.from_dict(strict_json_loads(data, what="receipt"))
+        require_canonical(data, receipt.canonical_bytes(), what="receipt")
         return receipt
     return RoundReceipt.from_dict(data)
 
@@ -294,39 +346,64 @@ def verify_receipt_for_participant(
 
 @dataclass(frozen=True, kw_only=True)
 class ChainReport:
-    """Result of an offline chain verification."""
+    """Result of an offline chain verification.
+
+    ``head_hash``/``head_round`` are the last receipt verified (64 zeros and 0
+    before round 1). ``expected_head_round`` is the round whose receipt hashes
+    to the expected head, when one was given and found.
+    """
 
     ok: bool
     verified: int
     head_hash: str
+    head_round: int = 0
     first_bad_index: int | None = None
     first_bad_round: int | None = None
+    first_bad_name: str | None = None
     reason: str | None = None
+    expected_head_round: int | None = None
 
 
 def verify_chain(receipts: Sequence[bytes], *, coordinator_key: Ed25519PublicKey,
-                 federation_id: str | None = None) -> ChainReport:
+                 federation_id: str | None = None, names: Sequence[str] | None = None,
+                 expect_head: str | None = None, expect_rounds: int | None = None
+                 ) -> ChainReport:
     """Verify stored receipts in order; report the first bad one and why.
 
     Detects a changed byte (not canonical, bad signature or Merkle root),
     a removed receipt (a gap in rounds), reordered or inserted receipts,
     forks (two receipts for one round, or a link to something else), a
-    receipt from another federation, and a model swapped between rounds
+    receipt from another federation, a model swapped between rounds
     (``model_digest_before`` of round r must be ``model_digest_after`` of
-    round r-1; docs/receipts.md §5).
+    round r-1), and, given ``names``, a file not named for its round
+    (docs/receipts.md §4-5). The end of a chain cannot be checked from the
+    receipts alone: ``expect_head`` (a receipt hash the chain must contain,
+    such as a member's last verified head) and ``expect_rounds`` (how many
+    rounds it must hold, exactly) detect a truncated one.
     """
+    if names is not None and len(names) != len(receipts):
+        raise ValueError("one name per receipt")
+    if expect_head is not None:
+        check_digest("verify_chain", "expect_head", expect_head)
     prev_hash, prev_round = GENESIS_HASH, 0
     prev: RoundReceipt | None = None
     seen_rounds: set[int] = set()
+    hashes: dict[str, int] = {}
     for i, raw in enumerate(receipts):
-        def bad(reason: str, round_: int | None = None, i: int = i, head: str = prev_hash
-                ) -> ChainReport:
-            return ChainReport(ok=False, verified=i, head_hash=head, first_bad_index=i,
-                               first_bad_round=round_, reason=reason)
+        name = None if names is None else names[i]
+
+        def bad(reason: str, round_: int | None = None, i: int = i, head: str = prev_hash,
+                head_round: int = prev_round, name: str | None = name) -> ChainReport:
+            return ChainReport(ok=False, verified=i, head_hash=head, head_round=head_round,
+                               first_bad_index=i, first_bad_round=round_,
+                               first_bad_name=name, reason=reason)
         try:
             receipt = parse_receipt(raw)
         except MessageValidationError as exc:
             return bad(f"changed or malformed bytes: {exc.message}")
+        if name is not None and name != receipt_filename(receipt.round):
+            return bad(f"misnamed file: {name} holds round {receipt.round}, so it must be "
+                       f"named {receipt_filename(receipt.round)}", receipt.round)
         try:
             verify_receipt_signature(receipt, coordinator_key)
         except ReceiptVerificationError as exc:
@@ -352,5 +429,40 @@ def verify_chain(receipts: Sequence[bytes], *, coordinator_key: Ed25519PublicKey
                        f"{prev.model_digest_after[:12]} round {prev.round} produced",
                        receipt.round)
         seen_rounds.add(receipt.round)
-        prev, prev_hash, prev_round = receipt, receipt_hash(receipt), receipt.round
-    return ChainReport(ok=True, verified=len(receipts), head_hash=prev_hash)
+        prev, prev_hash, prev_round = receipt, sha256_hex(bytes(raw)), receipt.round
+        hashes[prev_hash] = prev_round
+    end = ChainReport(ok=True, verified=len(receipts), head_hash=prev_hash, head_round=prev_round,
+                      expected_head_round=None if expect_head is None else hashes.get(expect_head))
+    if expect_head is not None and end.expected_head_round is None:
+        return _short(end, f"truncated or forked chain: no receipt hashes to the expected head "
+                           f"{expect_head}; the chain ends at round {prev_round}")
+    if expect_rounds is not None and prev_round != expect_rounds:
+        what = "truncated chain" if prev_round < expect_rounds else "longer chain than expected"
+        return _short(end, f"{what}: it holds {prev_round} round(s), expected {expect_rounds}")
+    return end
+
+
+def _short(end: ChainReport, reason: str) -> ChainReport:
+    return ChainReport(ok=False, verified=end.verified, head_hash=end.head_hash,
+                       head_round=end.head_round, reason=reason)
+
+
+def verify_stored_chain(files: Mapping[str, bytes], *, coordinator_key: Ed25519PublicKey,
+                        federation_id: str | None = None, expect_head: str | None = None,
+                        expect_rounds: int | None = None) -> ChainReport:
+    """The auditor's procedure over a directory: ``files`` maps every entry name
+    matching ``receipt-*.json`` to its bytes.
+
+    A name that is not exactly :func:`receipt_filename` of some round is a
+    stray and fails the chain; the rest are verified in round order, each
+    against its own name (:func:`verify_chain`).
+    """
+    names, strays = sort_receipt_filenames(files)
+    if strays:
+        return ChainReport(
+            ok=False, verified=0, head_hash=GENESIS_HASH, first_bad_name=strays[0],
+            reason=f"stray file(s) {', '.join(strays)}: a receipt file is named "
+                   f"receipt-NNNNNN.json for its round (zero-padded to six digits, from 1)")
+    return verify_chain([files[name] for name in names], coordinator_key=coordinator_key,
+                        federation_id=federation_id, names=names, expect_head=expect_head,
+                        expect_rounds=expect_rounds)

@@ -9,7 +9,13 @@ import pytest
 from participant.receipt_store import ReceiptStore
 from protocols.errors import ReceiptVerificationError
 from protocols.merkle import verify_inclusion
-from protocols.receipts import RoundReceipt, parse_receipt, proof_for, receipt_hash
+from protocols.receipts import (
+    RoundReceipt,
+    build_receipt,
+    parse_receipt,
+    proof_for,
+    receipt_hash,
+)
 from protocols.signing import fingerprint
 from tests.protocols.factories import COORDINATOR, MEMBERS, chain, key
 
@@ -128,3 +134,56 @@ def test_rewritten_history_is_refused_and_never_overwrites(tmp_path: Path) -> No
     assert err.value.check == "round-monotone"
     after = sorted((p.name, p.read_bytes()) for p in (tmp_path / "receipts").iterdir())
     assert after == before
+
+
+def test_latest_verified_head_is_recorded(tmp_path: Path) -> None:
+    store = ReceiptStore(tmp_path)
+    assert store.head() is None
+    receipts = chain(3)
+    _deliver(store, receipts[:2])
+    _deliver(store, receipts[1:])
+    head = ReceiptStore(tmp_path).head()  # survives a restart
+    assert head is not None and (head.federation_id, head.round, head.receipt_hash) == (
+        "fed", 3, receipt_hash(receipts[2]))
+
+
+def test_unverified_receipt_never_moves_the_head(tmp_path: Path) -> None:
+    store = ReceiptStore(tmp_path)
+    receipts = chain(2)
+    _deliver(store, receipts[:1])
+    with pytest.raises(ReceiptVerificationError):
+        _deliver(store, receipts[1:], global_digest="9" * 64)
+    head = store.head()
+    assert head is not None and head.round == 1 and head.receipt_hash == receipt_hash(receipts[0])
+
+
+@pytest.mark.parametrize("deleted", [[3], [1, 2, 3]])
+def test_truncated_store_halts_instead_of_accepting_a_fork(tmp_path: Path,
+                                                           deleted: list[int]) -> None:
+    store = ReceiptStore(tmp_path)
+    receipts = chain(3)
+    _deliver(store, receipts)
+    for r in deleted:  # the last receipt, or all of them, deleted
+        (tmp_path / "receipts" / f"receipt-{r:06d}.json").unlink()
+    last = receipts[deleted[0] - 1]
+    fork = build_receipt(  # a different, validly signed round 3 that chains on round 2
+        federation_id="fed", round=last.round, issued_at=last.issued_at,
+        previous_receipt_hash=last.previous_receipt_hash,
+        model_digest_before=last.model_digest_before, model_digest_after="e" * 64,
+        config_digest=last.config_digest, leaves=last.leaves[1:], coordinator_key=COORDINATOR)
+    with pytest.raises(ReceiptVerificationError) as err:
+        _deliver(store, [fork], submitted={})
+    assert err.value.check == "chain"
+    halt = store.halted()
+    assert halt is not None and halt.check == "chain" and halt.round == 3
+
+
+def test_stray_file_in_the_store_is_not_taken_for_a_receipt(tmp_path: Path) -> None:
+    store = ReceiptStore(tmp_path)
+    receipts = chain(2)
+    _deliver(store, receipts[:1])
+    (tmp_path / "receipts" / "receipt-copy.json").write_bytes(b"{}")
+    (tmp_path / "receipts" / "receipt-2.json").write_bytes(receipts[1].canonical_bytes())
+    assert store.rounds() == [1]
+    _deliver(store, receipts[1:])
+    assert store.rounds() == [1, 2] and store.halted() is None

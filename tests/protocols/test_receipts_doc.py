@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
-from protocols.receipts import parse_receipt, verify_chain
+from protocols.receipts import (
+    parse_receipt,
+    receipt_filename,
+    receipt_hash,
+    verify_chain,
+    verify_stored_chain,
+)
 from protocols.signing import load_public_key
 from tests.protocols.receipt_example import example
 
@@ -76,3 +84,106 @@ def test_the_spec_s_verifier_agrees_with_ours_on_longer_chains(tmp_path: Path) -
         except AssertionError:
             theirs = False
         assert ours == theirs == ok, name
+
+
+def _spec_verifier() -> Callable[..., str]:
+    namespace: dict[str, Any] = {}
+    exec(DOC.read_text(encoding="utf-8").split("```python\n")[1].split("```")[0], namespace)
+    return cast("Callable[..., str]", namespace["verify_dir"])
+
+
+def _theirs(verify_dir: Callable[..., str], directory: Path, pub_hex: str, **expect: Any) -> bool:
+    try:
+        verify_dir(directory, pub_hex, **expect)
+    except Exception:  # AssertionError, InvalidSignature, JSON, Unicode or key errors
+        return False
+    return True
+
+
+def _write(directory: Path, files: dict[str, bytes]) -> Path:
+    if directory.exists():
+        for old in directory.iterdir():
+            old.unlink()
+    directory.mkdir(exist_ok=True)
+    for name, raw in files.items():
+        (directory / name).write_bytes(raw)
+    return directory
+
+
+def test_the_spec_s_verifier_agrees_with_ours_on_single_byte_mutants(tmp_path: Path) -> None:
+    """At each signature character: its upper case, the next hex digit and a space; at every
+    other byte: its other case, or the next byte value where it has none."""
+    from tests.protocols.test_receipt_byte_form import small_receipt
+
+    verify_dir = _spec_verifier()
+    raw, coordinator = small_receipt()
+    pub, pub_hex = coordinator.public_key(), coordinator.public_key().public_bytes_raw().hex()
+    sig_at = raw.index(b'"signature":"') + len(b'"signature":"')
+    mutants = []
+    for i, byte in enumerate(raw):
+        other = ord(chr(byte).swapcase())
+        if sig_at <= i < sig_at + 128:
+            values = bytes((other, ord("0123456789abcdef"[(int(chr(byte), 16) + 1) % 16]), 32))
+        else:
+            values = bytes((other if other != byte else (byte + 1) % 256,))
+        mutants += [raw[:i] + bytes((v,)) + raw[i + 1:] for v in values if v != byte]
+    directory = tmp_path / "chain"
+    assert _theirs(verify_dir, _write(directory, {"receipt-000001.json": raw}), pub_hex)
+    disagreements = []
+    for mutant in mutants:
+        ours = verify_stored_chain({"receipt-000001.json": mutant}, coordinator_key=pub).ok
+        theirs = _theirs(verify_dir, _write(directory, {"receipt-000001.json": mutant}), pub_hex)
+        if ours or theirs:
+            disagreements.append((mutant, ours, theirs))
+    assert len(mutants) > 1100 and disagreements == []
+
+
+def test_the_spec_s_verifier_agrees_with_ours_on_files_and_pins(tmp_path: Path) -> None:
+    """Renamed, stray, truncated and duplicate-member attacks: both refuse, honest both accept."""
+    from tests.protocols.factories import COORDINATOR, chain
+
+    verify_dir = _spec_verifier()
+    pub, pub_hex = COORDINATOR.public_key(), COORDINATOR.public_key().public_bytes_raw().hex()
+    receipts = chain(4)
+    honest = {receipt_filename(r.round): r.canonical_bytes() for r in receipts}
+    head, early = receipt_hash(receipts[-1]), receipt_hash(receipts[1])
+    truncated = {k: v for k, v in honest.items() if k != "receipt-000004.json"}
+    doubled = dict(honest)
+    doubled["receipt-000004.json"] = b'{"round":9,' + honest["receipt-000004.json"][1:]
+    cases: list[tuple[str, dict[str, bytes], dict[str, Any], bool]] = [
+        ("honest", honest, {}, True),
+        ("honest, pinned", honest, {"expect_head": head, "rounds": 4}, True),
+        ("extends an earlier pin", honest, {"expect_head": early}, True),
+        ("renamed one up", {receipt_filename(r.round + 1): r.canonical_bytes()
+                            for r in receipts}, {}, False),
+        ("misnamed last", {**truncated, "receipt-000005.json": honest["receipt-000004.json"]},
+         {}, False),
+        ("unpadded", {**truncated, "receipt-4.json": honest["receipt-000004.json"]}, {}, False),
+        ("stray copy", {**honest, "receipt-copy.json": honest["receipt-000004.json"]}, {},
+         False),
+        ("truncated", truncated, {}, True),
+        ("truncated, head pinned", truncated, {"expect_head": head}, False),
+        ("truncated, rounds pinned", truncated, {"rounds": 4}, False),
+        ("duplicate member", doubled, {}, False),
+    ]
+    for name, files, expect, ok in cases:
+        ours = verify_stored_chain(files, coordinator_key=pub,
+                                   expect_head=expect.get("expect_head"),
+                                   expect_rounds=expect.get("rounds")).ok
+        theirs = _theirs(verify_dir, _write(tmp_path / "c", files), pub_hex, **expect)
+        assert ours == theirs == ok, name
+
+
+def _table_members(section: str) -> set[str]:
+    text = DOC.read_text(encoding="utf-8").split(section)[1].split("\n## ")[0]
+    return {line.split("`")[1] for line in text.splitlines() if line.startswith("| `")}
+
+
+def test_the_spec_s_member_tables_are_the_code_s_fields() -> None:
+    """§2 and §4 list exactly the members the parser takes (and refuses all others)."""
+    from dataclasses import fields
+
+    from protocols.receipts import ReceiptLeaf, RoundReceipt
+
+    for section, cls in (("## 2. Leaf", ReceiptLeaf), ("## 4. Receipt", RoundReceipt)):
+        assert _table_members(section) == {"kind"} | {f.name for f in fields(cls)}, section
