@@ -31,6 +31,7 @@ SLOW_TESTS = frozenset({
     "tests/coordinator/test_tracking.py::test_resumed_coordinator_continues_the_same_run",
     "tests/coordinator/test_tracking.py::test_a_federation_is_one_run_with_params_metrics_receipts_and_models",
     "tests/coordinator/test_tracking.py::test_resume_under_another_config_is_refused",
+    "tests/protocols/test_receipt_byte_form.py::test_every_single_byte_mutant_is_rejected",
 })
 
 
