@@ -93,7 +93,7 @@ def test_evaluate_twice_in_a_round_is_refused(tmp_path: Path) -> None:
     kit, site, result = _trained(tmp_path)
     ins = kit.instruction(receipts=[_receipt(kit, result)])
     first, refusal = site.evaluate(ins, kit.global_weights)
-    assert refusal is None
+    assert refusal is None and first
     second, refusal = site.evaluate(ins, kit.global_weights)
     assert second == {} and refusal is not None and refusal.reason == "round-replay"
     assert [e.release for e in _ledger(kit).entries()] == ["train", "evaluate"]
