@@ -73,8 +73,9 @@ def _contributions(y: np.ndarray, pred: np.ndarray, e: EndpointBound, *,
                    error_bound: float) -> np.ndarray:
     """Each labelled molecule's term, in [0, 1]."""
     if e.task == "classification":
-        return np.clip((pred - y) ** 2, 0.0, 1.0)
-    return np.minimum(np.abs(pred - y) / e.target_scale, error_bound) / error_bound
+        return np.asarray(np.clip((pred - y) ** 2, 0.0, 1.0), dtype=np.float64)
+    return np.asarray(np.minimum(np.abs(pred - y) / e.target_scale, error_bound) / error_bound,
+                      dtype=np.float64)
 
 
 def _sums(y: np.ndarray, pred: np.ndarray, mask: np.ndarray,
