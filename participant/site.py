@@ -186,7 +186,9 @@ class Site:
                 log.error("ROUND %d: the coordinator's signed receipt marks this site's update "
                           "DROPPED, but this site spent privacy budget on it (%d such round(s); "
                           "halting at %d)", r, len(dropped), self.cfg.max_dropped_rounds)
-            if len(dropped) >= self.cfg.max_dropped_rounds:
+            # Only a newly dropped round halts: an operator who cleared the halt after
+            # investigating is not halted again by the same receipts.
+            if set(dropped) - before and len(dropped) >= self.cfg.max_dropped_rounds:
                 self.receipts.halt("dropped-limit", max(dropped),
                                    f"rounds {dropped}: updates this site spent ε on are "
                                    "marked dropped in the coordinator's receipts")
