@@ -137,7 +137,7 @@ def load_table(path: str | Path, *, smiles_column: str = "smiles",
     """
     path = Path(path)
     key = None
-    if cache_dir is not None:
+    if cache_dir is not None and path.is_file():  # a missing file: read_frame's DataError
         key = hashlib.sha256(json.dumps(
             [_file_sha256(path), smiles_column, sorted((endpoints or {}).items()),
              STANDARDIZER_VERSION]).encode()).hexdigest()

@@ -283,7 +283,6 @@ class Federation:
         leaves: list[ReceiptLeaf] = []
         reasons: dict[str, str] = {}
         accepted: list[tuple[str, Any, float]] = []
-        train_sums: dict[str, float] = {}
         endpoints = [e.name for e in self.cfg.model.endpoints]
         for node, reply in self._exchange("train", round, nodes, base, round - 1):
             fallback = self.node_ids.get(str(node), f"node:{node}")
@@ -348,8 +347,6 @@ class Federation:
             self.node_ids[str(node)] = sub.participant_fingerprint
             self.last_submitted[sub.participant_fingerprint] = round
             accepted.append((sub.participant_fingerprint, sub, weight))
-            for k, v in decoded.metrics.items():
-                train_sums[k] = train_sums.get(k, 0.0) + v * (weight if k == "train-loss" else 1)
         if len(accepted) < self.cfg.min_participants:
             raise RoundFailedError(
                 f"round {round}: only {len(accepted)} update(s) admitted",
@@ -383,7 +380,8 @@ class Federation:
             dropped=sum(1 for x in leaves if x.status == "dropped"),
             refused=sum(1 for x in leaves if x.status == "refused"), reasons=reasons,
             model_digest=new_digest, receipt_hash=rhash,
-            train={"train-loss": train_sums.get("train-loss", 0.0) / max(total, 1e-12)},
+            # no training loss: it is a site's un-noised private statistic and stays there
+            train={},
             evaluate={},
             max_claimed_epsilon=max((s.claimed_epsilon for _, s, _ in accepted), default=0.0),
             epsilon={fpr: s.claimed_epsilon for fpr, s, _ in accepted},
@@ -416,6 +414,12 @@ class Federation:
         return summary
 
     def _evaluate(self, round: int, nodes: list[int]) -> dict[str, float]:
+        """The learning curve: each endpoint's metric over all sites' held-out molecules.
+
+        Sites send a DP-noised mean ``<endpoint>.<metric>`` and noised count
+        ``<endpoint>.n`` (participant/private_evaluation.py); the count-weighted
+        mean of means is the noisy pooled sum over the noisy pooled count.
+        """
         sums: dict[str, float] = {}
         weights: dict[str, float] = {}
         for _, reply in self._exchange("evaluate", round, nodes, self.weights, round):
@@ -428,10 +432,9 @@ class Federation:
             if refusal is not None:
                 continue
             for key, value in metrics.items():
-                if key.endswith(".n") or key == "num-examples":
+                if key.endswith(".n"):
                     continue
-                endpoint = key.rsplit(".", 1)[0]
-                n = metrics.get(f"{endpoint}.n", metrics.get("num-examples", 1.0))
+                n = max(0.0, metrics.get(f"{key.rsplit('.', 1)[0]}.n", 0.0))
                 sums[key] = sums.get(key, 0.0) + value * n
                 weights[key] = weights.get(key, 0.0) + n
         return {k: sums[k] / weights[k] for k in sums if weights[k] > 0}

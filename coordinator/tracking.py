@@ -296,8 +296,8 @@ UNBOUNDED_EPSILON = 1e300  # claims at or above this carry no privacy guarantee
 def round_metrics(summary: RoundSummary, *, central_epsilon: float | None = None
                   ) -> dict[str, float]:
     """The metrics one round contributes, named as in docs/tracking.md."""
-    out = {f"eval.{k}": v for k, v in summary.evaluate.items()}
-    out.update({f"train.{k.removeprefix('train-')}": v for k, v in summary.train.items()})
+    # Nothing from summary.train: sites send no training loss (docs/threat-model.md).
+    out: dict[str, float] = {f"eval.{k}": v for k, v in summary.evaluate.items()}
     out.update({"participants.accepted": summary.accepted,
                 "participants.rejected": summary.rejected,
                 "participants.dropped": summary.dropped,

@@ -24,6 +24,7 @@ from protocols.errors import ConfigError, DeploymentError
 
 if TYPE_CHECKING:
     from participant.daemon import SuperNodePlan
+    from participant.ledger import PrivacyLedger
 
 app = typer.Typer(help="Run a member company's participant daemon, fine-tune and predict "
                   "on site.", no_args_is_help=True)
@@ -63,6 +64,8 @@ receipt-key = "keys/receipt_key.pem"
 coordinator-key = "keys/coordinator_receipt.pub.pem"
 # MLflow store for fine-tuning (local only); default: sqlite in the state dir.
 # tracking-uri = "sqlite:////opt/fl/state/mlflow.db"
+# Halt after this many rounds whose spent update the coordinator's receipt marks dropped.
+max-dropped-rounds = 2
 
 [coordinator]
 address = {_toml_str(coordinator)}
@@ -94,6 +97,12 @@ finetune-epochs = 100
 finetune-patience = 10
 finetune-lr = 0.001
 trunk-lr-factor = 0.1
+
+# Federated evaluation (docs/threat-model.md): "noised" sends bounded held-out metrics
+# with Gaussian noise, charged to your ledger; "local" sends none and only logs them.
+[evaluation]
+release = "noised"
+noise-multiplier = 10.0
 """
 
 
@@ -172,30 +181,48 @@ def budget(config: Path = typer.Option(Path("participant.toml"), "--config", hel
                                 accountant=accountant)
     store = ReceiptStore(cfg.state_dir)
     head = store.head()
+    dropped = _dropped_rounds(cfg, ledger)
     if as_json:
         typer.echo(json.dumps({"summary": ledger.summary(), "rounds": ledger.rounds(),
-                               "receipt_head": None if head is None else asdict(head)},
+                               "receipt_head": None if head is None else asdict(head),
+                               "dropped_after_submit": dropped,
+                               "max_dropped_rounds": cfg.max_dropped_rounds},
                               indent=2, default=str))
         return
     table = Table(title=f"privacy ledger of {cfg.name} (δ = {cfg.delta:g}, {accountant})")
-    for col in ("federation", "round", "noise_multiplier", "sample_rate", "steps", "ε after"):
+    for col in ("federation", "round", "release", "noise_multiplier", "sample_rate", "steps",
+                "ε after"):
         table.add_column(col)
     for e in ledger.entries():
-        table.add_row(e.federation_id, str(e.round), f"{e.noise_multiplier:.4f}",
+        table.add_row(e.federation_id, str(e.round), e.release, f"{e.noise_multiplier:.4f}",
                       f"{e.sample_rate:.4f}", str(e.steps), f"{e.epsilon_after:.3f}")
     console = Console()
     console.print(table)
     console.print(f"spent ε = {ledger.epsilon():.3f} of {cfg.max_epsilon:g}; "
                   f"remaining {ledger.remaining():.3f}")
+    style = "bold red" if dropped else ""
+    console.print(f"updates spent but marked dropped by the coordinator: {len(dropped)} "
+                  f"(rounds {dropped}; this site halts at {cfg.max_dropped_rounds})", style=style)
     if head is None:
         console.print("receipt chain head: none verified yet")
-        return
-    console.print(f"receipt chain head: round {head.round} of {head.federation_id}, "
-                  f"{head.receipt_hash}", soft_wrap=True, markup=False)
-    key = cfg.coordinator_key or "COORDINATOR_KEY"
-    console.print(f"check any copy of the chain: fedadmet audit verify {store.dir} "
-                  f"--coordinator-key {key} --expect-head {head.receipt_hash}", soft_wrap=True,
-                  markup=False)
+    else:
+        console.print(f"receipt chain head: round {head.round} of {head.federation_id}, "
+                      f"{head.receipt_hash}", soft_wrap=True, markup=False)
+        key = cfg.coordinator_key or "COORDINATOR_KEY"
+        console.print(f"check any copy of the chain: fedadmet audit verify {store.dir} "
+                      f"--coordinator-key {key} --expect-head {head.receipt_hash}", soft_wrap=True,
+                      markup=False)
+
+
+def _dropped_rounds(cfg: ParticipantConfig, ledger: PrivacyLedger) -> list[int]:
+    """Rounds whose verified receipt drops an update this site spent ε on."""
+    from participant.receipt_store import ReceiptStore
+    from protocols.signing import fingerprint, load_private_key
+
+    if cfg.receipt_key is None or not cfg.receipt_key.exists():
+        return []
+    own = fingerprint(load_private_key(cfg.receipt_key.read_bytes()))
+    return ReceiptStore(cfg.state_dir).dropped_after_submit(own, ledger.spent_rounds())
 
 
 def _fmt(value: float) -> str:

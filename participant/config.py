@@ -30,8 +30,8 @@ from participant.pinning import CodePin
 from protocols.errors import ConfigError
 from protocols.settings import Table
 
-__all__ = ["CoordinatorConfig", "DataConfig", "EndpointColumn", "LocalTrainingConfig",
-           "ParticipantConfig"]
+__all__ = ["CoordinatorConfig", "DataConfig", "EndpointColumn", "EvaluationConfig",
+           "LocalTrainingConfig", "ParticipantConfig"]
 
 
 _DATA_SUFFIXES = (".csv", ".parquet", ".pq", ".sdf")
@@ -74,6 +74,21 @@ class LocalTrainingConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EvaluationConfig:
+    """What federated evaluation may send (``[evaluation]``; docs/threat-model.md).
+
+    ``release = "noised"`` sends bounded held-out metrics with Gaussian noise at
+    ``noise_multiplier`` and charges each release to the ledger
+    (:mod:`participant.private_evaluation`); ``"local"`` sends no metrics at all and
+    only logs them on site.
+    """
+
+    release: Literal["noised", "local"] = "noised"
+    noise_multiplier: float = 10.0
+    error_bound: float = 2.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class CoordinatorConfig:
     """How the daemon reaches the coordinator (``[coordinator]``); read by ``start``."""
 
@@ -105,6 +120,10 @@ class ParticipantConfig:
     source: Path | None = None
     training: LocalTrainingConfig = field(default_factory=LocalTrainingConfig)
     coordinator: CoordinatorConfig | None = None
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    # Rounds in which this site spent ε on an update that the coordinator's receipt then
+    # marks dropped; at this many the site halts (docs/threat-model.md).
+    max_dropped_rounds: int = 2
 
     @classmethod
     def load(cls, path: str | Path) -> ParticipantConfig:
@@ -168,6 +187,8 @@ class ParticipantConfig:
             data=data,
             training=_training(root.table("training")),
             coordinator=coordinator,
+            evaluation=_evaluation(root.table("evaluation")),
+            max_dropped_rounds=part.integer("max-dropped-rounds", 2, min=1),
         )
         part.finish()
         root.finish()
@@ -264,6 +285,17 @@ def _training(t: Table) -> LocalTrainingConfig:
         finetune_lr=t.number("finetune-lr", 1e-3, min=0.0, min_exclusive=True),
         trunk_lr_factor=t.number("trunk-lr-factor", 0.1, min=0.0, max=1.0),
         threads=t.integer("threads", 0, min=0),
+    )
+    t.finish()
+    return cfg
+
+
+def _evaluation(t: Table) -> EvaluationConfig:
+    cfg = EvaluationConfig(
+        release=t.text("release", "noised",  # type: ignore[arg-type]
+                       choices=("noised", "local")),
+        noise_multiplier=t.number("noise-multiplier", 10.0, min=0.0, min_exclusive=True),
+        error_bound=t.number("error-bound", 2.0, min=0.0, min_exclusive=True),
     )
     t.finish()
     return cfg

@@ -45,7 +45,7 @@ _FORMAT = 1
 
 @dataclass(frozen=True, kw_only=True)
 class LedgerEntry:
-    """One DP release (one round of local DP-SGD)."""
+    """One DP release: a round of local DP-SGD, or a round's evaluation metrics."""
 
     federation_id: str
     round: int
@@ -55,6 +55,9 @@ class LedgerEntry:
     epsilon_after: float
     delta: float
     committed_at: float
+    # "train" (the round's update) or "evaluate" (its noised held-out metrics); entries
+    # written before evaluation was charged have no field and are training rounds.
+    release: str = "train"
 
     def same_mechanism(self, other: LedgerEntry) -> bool:
         """Same release parameters (the timestamp and ε may differ)."""
@@ -149,12 +152,17 @@ class PrivacyLedger:
         """Budget left (may be 0)."""
         return max(0.0, self.max_epsilon - self.epsilon())
 
-    def find(self, federation_id: str, round: int) -> LedgerEntry | None:
-        """The committed entry for a round, if any."""
+    def find(self, federation_id: str, round: int, *, release: str = "train"
+             ) -> LedgerEntry | None:
+        """The committed entry of kind ``release`` for a round, if any."""
         for e in self._entries:
-            if (e.federation_id, e.round) == (federation_id, round):
+            if (e.federation_id, e.round, e.release) == (federation_id, round, release):
                 return e
         return None
+
+    def spent_rounds(self) -> set[tuple[str, int]]:
+        """(federation, round) of every training round this site released an update in."""
+        return {(e.federation_id, e.round) for e in self._entries if e.release == "train"}
 
     def preview(self, *, noise_multiplier: float, sample_rate: float, steps: int) -> float:
         """ε after one more release with these parameters (no write)."""
@@ -163,13 +171,13 @@ class PrivacyLedger:
 
     # ---------------------------------------------------------------- commit
     def commit(self, *, federation_id: str, round: int, noise_multiplier: float,
-               sample_rate: float, steps: int) -> LedgerEntry:
+               sample_rate: float, steps: int, release: str = "train") -> LedgerEntry:
         """Record a release, or refuse it if it would exceed ``max_epsilon``."""
         candidate = LedgerEntry(federation_id=federation_id, round=round,
                                 noise_multiplier=noise_multiplier, sample_rate=sample_rate,
                                 steps=steps, epsilon_after=math.nan, delta=self.delta,
-                                committed_at=time.time())
-        existing = self.find(federation_id, round)
+                                committed_at=time.time(), release=release)
+        existing = self.find(federation_id, round, release=release)
         if existing is not None:
             if existing.same_mechanism(candidate):
                 return existing

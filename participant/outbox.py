@@ -15,6 +15,13 @@ Order of operations in the ClientApp (crash-safe at every step):
 3. return the reply.
 
 A retry finds the entry at step 1 and goes straight to 2 and 3.
+
+An entry is also what the receipt check compares the coordinator's signed
+leaf against (its delta digest), so it is kept until that round's receipt
+is verified, however late it comes: :meth:`Outbox.prune` drops only rounds
+with a verified receipt, and only beyond the newest ``keep``. The site
+trains no new round while an older one lacks its receipt, so at most one
+unverified entry per federation waits here.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,12 +121,13 @@ class Outbox:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        self._prune()
 
-    def _prune(self) -> None:
+    def prune(self, *, verified: Collection[int]) -> None:
+        """Drop entries older than the newest ``keep``, but only for ``verified`` rounds."""
         rounds = sorted(p for p in self.root.glob("round-*") if p.is_dir())
         for old in rounds[: max(0, len(rounds) - self.keep)]:
-            shutil.rmtree(old, ignore_errors=True)
+            if int(old.name.removeprefix("round-")) in verified:
+                shutil.rmtree(old, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:

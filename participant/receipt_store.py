@@ -19,6 +19,11 @@ whose receipts end before the pin halts instead of re-accepting a fork.
 If any check fails the site writes ``HALTED.json`` naming the check and the
 round, and refuses to train until an operator investigates and removes it:
 a coordinator that cannot account for our updates gets no more of them.
+
+Silence is not consent either: the site trains or evaluates again only once
+it holds a receipt for every earlier round it spent ε in (:meth:`missing`),
+and it counts the rounds whose receipt marks its spent update ``dropped``
+(:meth:`dropped_after_submit`); the site halts at a configured number.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +137,42 @@ class ReceiptStore:
 
     def _path(self, round: int) -> Path:
         return self.dir / receipt_filename(round)
+
+    def get(self, round: int) -> RoundReceipt | None:
+        """The stored (verified) receipt of ``round``, if held."""
+        path = self._path(round)
+        return parse_receipt(path.read_bytes()) if path.exists() else None
+
+    def missing(self, federation_id: str, spent: Collection[tuple[str, int]], *,
+                before: int) -> list[int]:
+        """Rounds below ``before`` of ``federation_id`` in ``spent`` (federation, round)
+        with no verified receipt of that federation held."""
+        out = []
+        for fid, r in sorted(spent):
+            if fid != federation_id or r >= before:
+                continue
+            receipt = self.get(r)
+            if receipt is None or receipt.federation_id != federation_id:
+                out.append(r)
+        return out
+
+    def dropped_after_submit(self, own_fingerprint: str,
+                             spent: Collection[tuple[str, int]]) -> list[int]:
+        """Rounds whose verified receipt marks our leaf ``dropped`` (no digest) although
+        this site spent ε on an update for it (``spent``: (federation, round))."""
+        out = []
+        for r in self.rounds():
+            receipt = self.get(r)
+            if receipt is None or (receipt.federation_id, r) not in spent:
+                continue
+            if any(leaf.participant_fingerprint == own_fingerprint and leaf.status == "dropped"
+                   and leaf.update_digest is None for leaf in receipt.leaves):
+                out.append(r)
+        return out
+
+    def halt(self, check: str, round: int | None, message: str) -> None:
+        """Record a halt: the site refuses every instruction until an operator clears it."""
+        self._halt(check, round, message)
 
     # ---------------------------------------------------------------- intake
     def accept(self, receipts: Sequence[Mapping[str, Any]],

@@ -1,18 +1,31 @@
 """One member site: what it does with a train or evaluate instruction.
 
 This is the participant's core, free of Flower types (the ClientApp is a thin
-shell around it). For a train instruction, in order:
+shell around it). Both instructions first pass the gate (:meth:`Site._gate`):
 
-1. refuse if a past receipt check halted this site;
-2. verify and store delivered receipts (five checks; failure halts);
-3. check the featurization and model specs against what this site computes;
-4. resend the stored update if this round was already released (crash retry);
-5. calibrate (once per run) and preview the privacy cost; refuse over budget;
-6. DP-SGD on the shared parameters and this site's private heads;
-7. store the update (outbox) and private heads, commit the spend, then return
+1. refuse if this site halted (a failed receipt check, or too many of its
+   spent updates marked dropped);
+2. verify and store delivered receipts (five checks; failure halts), count
+   rounds whose receipt drops our spent update (at the limit: halt);
+3. refuse (``receipts-missing``) unless a verified receipt is held for every
+   earlier round this site spent ε in: silence is not consent.
+
+A train instruction then, in order:
+
+4. check the featurization and model specs against what this site computes;
+5. resend the stored update if this round was already released (crash retry);
+6. calibrate (once per run) and preview the privacy cost; refuse over budget;
+7. DP-SGD on the shared parameters and this site's private heads;
+8. store the update (outbox) and private heads, commit the spend, then return
    only the delta of the shared parameters with aggregate metrics.
 
-Nothing per-example leaves: the delta, counts and mean losses only.
+An evaluate instruction is answered only for the global model that the held
+receipt of that round binds, once per round, and only with noised, bounded
+metrics charged to the ledger (or nothing, ``[evaluation] release = "local"``).
+
+Nothing per-example leaves, and no free text: refusals carry a reason code
+only; the details go to this site's log. docs/threat-model.md lists every
+field a site sends.
 """
 
 from __future__ import annotations
@@ -33,13 +46,19 @@ import numpy as np
 import torch
 
 from chem.featurizers import FeaturizationSpec, check_compatible
-from chem.metrics import endpoint_metrics, headline_metric
 from chem.models import EndpointSpec, ModelSpec, build_model, get_weights, masked_loss, predict
 from chem.models import set_weights as load_weights
 from participant.config import ParticipantConfig
 from participant.data import SiteData, load_site_data
 from participant.heads import PrivateHeadStore
 from participant.outbox import Outbox, OutboxEntry, as_float32
+from participant.private_evaluation import (
+    SAMPLE_RATE,
+    STEPS,
+    EndpointBound,
+    exact_metrics,
+    release_metrics,
+)
 from participant.receipt_store import ReceiptStore
 from protocols.canonical import canonical_json, sha256_hex, tensors_digest
 from protocols.errors import (
@@ -52,7 +71,7 @@ from protocols.errors import (
 from protocols.messages import PROTOCOL_VERSION, Refusal, RoundInstruction, UpdateSubmission
 from protocols.signing import fingerprint, load_private_key, load_public_key, sign
 
-__all__ = ["Site", "TrainResult"]
+__all__ = ["Site", "TrainResult", "reason_for"]
 
 
 @contextlib.contextmanager
@@ -102,10 +121,18 @@ class Site:
 
     # ---------------------------------------------------------------- helpers
     def _refusal(self, ins: RoundInstruction, reason: str, detail: str) -> TrainResult:
+        # The detail (paths, column names, values) stays in this log; the wire gets the code.
         log.warning("refusing round %d: %s (%s)", ins.round, reason, detail)
         return TrainResult(None, {}, {}, Refusal(
             protocol_version=PROTOCOL_VERSION, federation_id=ins.federation_id, round=ins.round,
-            participant_fingerprint=self.fingerprint, reason=reason, detail=detail[:500]))
+            participant_fingerprint=self.fingerprint, reason=reason, detail=""))
+
+    def refusal_for(self, ins: RoundInstruction, exc: BaseException) -> Refusal:
+        """The refusal for an exception that escaped train or evaluate (logged in full)."""
+        log.error("round %d failed on site", ins.round, exc_info=exc)
+        refusal = self._refusal(ins, reason_for(exc), type(exc).__name__).refusal
+        assert refusal is not None
+        return refusal
 
     def _ledger(self, ins: RoundInstruction) -> PrivacyLedger:
         # Opacus (accountants, sampler, noise) is imported on the train path only: it
@@ -127,13 +154,60 @@ class Site:
                                     got=mspec.digest(), expected=ins.model_spec_digest)
         return fspec, mspec
 
-    def _verify_receipts(self, ins: RoundInstruction, global_digest: str) -> None:
+    def _gate(self, ins: RoundInstruction, global_arrays: dict[str, np.ndarray],
+              ledger: PrivacyLedger, *, binds: int | None) -> TrainResult | None:
+        """Halt, receipt intake and receipt completeness (module docstring, 1-3).
+
+        ``binds``: the round whose held receipt must name the received model as
+        ``model_digest_after`` (evaluate), or None (train: DP holds for any model).
+        """
+        halt = self.receipts.halted()
+        if halt is not None:
+            return self._refusal(ins, "halted", f"halted earlier ({halt.check}, round "
+                                 f"{halt.round}): {halt.message}")
+        global_digest = tensors_digest(global_arrays)
+        if global_digest != ins.global_model_digest:
+            return self._refusal(ins, "receipt-verification-failed",
+                                 "shared parameters do not match the announced digest")
+        spent = ledger.spent_rounds()
         if ins.receipts:
-            self.receipts.accept(list(ins.receipts), list(ins.inclusion_proofs),
-                                 coordinator_key=self.coordinator_key,
-                                 own_fingerprint=self.fingerprint,
-                                 submitted=self.outbox.submitted(),
-                                 received_global_model_digest=global_digest)
+            before = set(self.receipts.dropped_after_submit(self.fingerprint, spent))
+            try:
+                self.receipts.accept(list(ins.receipts), list(ins.inclusion_proofs),
+                                     coordinator_key=self.coordinator_key,
+                                     own_fingerprint=self.fingerprint,
+                                     submitted=self.outbox.submitted(),
+                                     received_global_model_digest=global_digest)
+            except ReceiptVerificationError as exc:
+                return self._refusal(ins, "receipt-verification-failed", exc.diagnostics())
+            self.outbox.prune(verified=set(self.receipts.rounds()))
+            dropped = self.receipts.dropped_after_submit(self.fingerprint, spent)
+            for r in sorted(set(dropped) - before):
+                log.error("ROUND %d: the coordinator's signed receipt marks this site's update "
+                          "DROPPED, but this site spent privacy budget on it (%d such round(s); "
+                          "halting at %d)", r, len(dropped), self.cfg.max_dropped_rounds)
+            # Only a newly dropped round halts: an operator who cleared the halt after
+            # investigating is not halted again by the same receipts.
+            if set(dropped) - before and len(dropped) >= self.cfg.max_dropped_rounds:
+                self.receipts.halt("dropped-limit", max(dropped),
+                                   f"rounds {dropped}: updates this site spent ε on are "
+                                   "marked dropped in the coordinator's receipts")
+                return self._refusal(ins, "halted", f"{len(dropped)} spent updates dropped")
+        missing = self.receipts.missing(ins.federation_id, spent, before=ins.round)
+        if missing:
+            return self._refusal(ins, "receipts-missing", f"no verified receipt for round(s) "
+                                 f"{missing}, in which this site spent ε")
+        if binds is not None:
+            receipt = self.receipts.get(binds)
+            if receipt is None or receipt.federation_id != ins.federation_id:
+                return self._refusal(ins, "receipts-missing", f"no verified receipt for round "
+                                     f"{binds} binds the model to evaluate")
+            if receipt.model_digest_after != global_digest:
+                message = (f"the model sent for round {binds} is not the one its receipt "
+                           f"attests ({global_digest} vs {receipt.model_digest_after})")
+                self.receipts.halt("model-digest", binds, message)
+                return self._refusal(ins, "receipt-verification-failed", message)
+        return None
 
     def _local_model(self, mspec: ModelSpec, data: SiteData) -> tuple[Any, list[str], np.ndarray,
                                                                       np.ndarray, np.ndarray,
@@ -177,6 +251,12 @@ class Site:
             return Calibration(**stored[key])
         plan = ins.dp_plan
         before = ledger.history()
+        ev = self.cfg.evaluation
+        if ev.release == "noised":
+            # Leave room for this run's evaluation releases: each round's is charged too.
+            done = sum(1 for e in ledger.entries()
+                       if e.federation_id == ins.federation_id and e.release == "evaluate")
+            before.append((ev.noise_multiplier, SAMPLE_RATE, STEPS * max(0, plan.rounds - done)))
         cal = calibrate(n_examples=n_train, batch_size=plan.batch_size, rounds=plan.rounds,
                         local_epochs=plan.local_epochs, target_epsilon=plan.target_epsilon,
                         delta=self.cfg.delta, max_epsilon=self.cfg.max_epsilon, history=before,
@@ -203,23 +283,15 @@ class Site:
 
     def _train(self, ins: RoundInstruction, global_arrays: dict[str, np.ndarray]
                ) -> TrainResult:
-        halt = self.receipts.halted()
-        if halt is not None:
-            return self._refusal(ins, "halted", f"receipt check {halt.check} failed earlier: "
-                                 f"{halt.message}")
-        global_digest = tensors_digest(global_arrays)
-        if global_digest != ins.global_model_digest:
-            return self._refusal(ins, "receipt-verification-failed",
-                                 "shared parameters do not match the announced digest")
-        try:
-            self._verify_receipts(ins, global_digest)
-        except ReceiptVerificationError as exc:
-            return self._refusal(ins, "receipt-verification-failed", exc.diagnostics())
+        ledger = self._ledger(ins)
+        refused = self._gate(ins, global_arrays, ledger, binds=None)
+        if refused is not None:
+            return refused
+        global_digest = ins.global_model_digest
         try:
             fspec, mspec = self._specs(ins)
         except SpecMismatchError as exc:
             return self._refusal(ins, "spec-mismatch", exc.diagnostics())
-        ledger = self._ledger(ins)
         stored = self.outbox.get(ins.round, base_model_digest=global_digest)
         if stored is not None:
             p = stored.payload
@@ -288,8 +360,10 @@ class Site:
         delta = as_float32({k: new[k] - global_arrays[k] for k in global_arrays})
         counts = {e: int(m[:, j].sum()) for j, e in enumerate(model.spec.endpoint_names)
                   if e in ins.consortium_endpoints}
-        metrics: dict[str, float] = {"train-loss": result.mean_loss, "steps": result.steps,
-                                     "num-examples": data.n_train,
+        # The mean loss is over private labels with unbounded sensitivity: logged here only.
+        log.info("%s round %d: mean DP-SGD training loss %.4f", ins.federation_id, ins.round,
+                 result.mean_loss)
+        metrics: dict[str, float] = {"steps": result.steps, "num-examples": data.n_train,
                                      **{f"n.{e}": float(c) for e, c in counts.items()}}
         entry_eps = after
         unsigned = UpdateSubmission(
@@ -316,42 +390,74 @@ class Site:
     # ---------------------------------------------------------------- evaluate
     def evaluate(self, ins: RoundInstruction, global_arrays: dict[str, np.ndarray]
                  ) -> tuple[dict[str, float], Refusal | None]:
-        """Metrics of the global model (with private heads) on the held-out split."""
-        global_digest = tensors_digest(global_arrays)
+        """Held-out metrics of the receipt-bound global model (module docstring).
+
+        Serialised with training: both read and charge the ledger.
+        """
+        with _exclusive(self.cfg.state_dir / ".train.lock"):
+            result = self._evaluate(ins, global_arrays)
+        return result.metrics, result.refusal
+
+    def _evaluate(self, ins: RoundInstruction, global_arrays: dict[str, np.ndarray]
+                  ) -> TrainResult:
+        ledger = self._ledger(ins)
+        refused = self._gate(ins, global_arrays, ledger, binds=ins.round)
+        if refused is not None:
+            return refused
+        ev = self.cfg.evaluation
+        if ledger.find(ins.federation_id, ins.round, release="evaluate") is not None:
+            return self._refusal(ins, "round-replay", "this round's evaluation was already "
+                                 "released")
         try:
-            self._verify_receipts(ins, global_digest)
             fspec, mspec = self._specs(ins)
+        except SpecMismatchError as exc:
+            return self._refusal(ins, "spec-mismatch", exc.diagnostics())
+        try:
             data = load_site_data(self.cfg, fspec)
-        except (ReceiptVerificationError, SpecMismatchError, DataError) as exc:
-            refusal = self._refusal(ins, "receipt-verification-failed"
-                                    if isinstance(exc, ReceiptVerificationError)
-                                    else "spec-mismatch" if isinstance(exc, SpecMismatchError)
-                                    else "data-error", exc.diagnostics()).refusal
-            return {}, refusal
+        except DataError as exc:
+            return self._refusal(ins, "data-error", exc.diagnostics())
         model, private_names, _, _, yva, mva = self._local_model(mspec, data)
         load_weights(model, global_arrays)
         load_weights(model, {k: v for k, v in self.heads.load().items() if k in private_names},
                      strict=False)
-        pred = predict(model, data.x_valid)
-        tasks = [e.task for e in model.spec.endpoints]
-        per = endpoint_metrics(yva, pred, mva, list(model.spec.endpoint_names), tasks)
-        out: dict[str, float] = {"num-examples": float(len(data.x_valid))}
         # Private endpoints stay private: not even their names or metrics leave the site.
-        shared = set(ins.consortium_endpoints)
-        for e, task in zip(model.spec.endpoint_names, tasks, strict=True):
-            if e not in shared:
-                continue
-            vals = per[e]
-            if vals.get("n", 0) > 0:
-                metric = headline_metric(task)
-                if math.isfinite(vals.get(metric, math.nan)):
-                    out[f"{e}.{metric}"] = vals[metric]
-                out[f"{e}.n"] = vals["n"]
-        shared_mask = mva * np.array([e in shared for e in model.spec.endpoint_names],
-                                     dtype=mva.dtype)
-        with torch.no_grad():
-            loss = masked_loss(model(torch.from_numpy(data.x_valid)), torch.from_numpy(yva),
-                               torch.from_numpy(shared_mask), model.spec)
-        out["loss"] = float(loss)
-        return out, None
+        shared = [j for j, e in enumerate(model.spec.endpoint_names)
+                  if e in ins.consortium_endpoints]
+        bounds = [EndpointBound(name=model.spec.endpoints[j].name,
+                                task=model.spec.endpoints[j].task,
+                                target_scale=model.spec.endpoints[j].target_scale)
+                  for j in shared]
+        pred = predict(model, data.x_valid)[:, shared]
+        y, m = yva[:, shared], mva[:, shared]
+        log.info("%s round %d: held-out metrics (exact, kept on site) %s", ins.federation_id,
+                 ins.round, exact_metrics(y, pred, m, bounds, error_bound=ev.error_bound))
+        if ev.release == "local":
+            return TrainResult(None, {}, {}, None)
+        try:
+            after = ledger.preview(noise_multiplier=ev.noise_multiplier,
+                                   sample_rate=SAMPLE_RATE, steps=STEPS)
+            if after > self.cfg.max_epsilon:
+                raise PrivacyBudgetExceeded("evaluation would exceed the budget", got=after,
+                                            expected=f"<= {self.cfg.max_epsilon}")
+            released = release_metrics(y, pred, m, bounds, noise_multiplier=ev.noise_multiplier,
+                                       error_bound=ev.error_bound)
+            # Charged before the metrics leave the process, like a training round.
+            ledger.commit(federation_id=ins.federation_id, round=ins.round,
+                          noise_multiplier=ev.noise_multiplier, sample_rate=SAMPLE_RATE,
+                          steps=STEPS, release="evaluate")
+        except PrivacyBudgetExceeded as exc:
+            return self._refusal(ins, "budget-exhausted", exc.diagnostics())
+        return TrainResult(None, {}, released, None)
 
+
+# Stable reason codes for exceptions that escape a round (the only thing that leaves).
+_REASONS: tuple[tuple[type[BaseException], str], ...] = (
+    (DataError, "data-error"), (PrivacyBudgetExceeded, "budget-exhausted"),
+    (SpecMismatchError, "spec-mismatch"), (ReceiptVerificationError, "receipt-verification-failed"),
+    (ConfigError, "config-error"),
+)
+
+
+def reason_for(exc: BaseException) -> str:
+    """The reason code a refusal carries for ``exc``; ``internal-error`` if none fits."""
+    return next((code for cls, code in _REASONS if isinstance(exc, cls)), "internal-error")

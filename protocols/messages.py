@@ -41,6 +41,10 @@ _SIG = re.compile(r"^[0-9a-f]{128}$")
 REFUSAL_REASONS = frozenset({
     "budget-exhausted", "spec-mismatch", "receipt-verification-failed", "code-mismatch",
     "halted", "protocol-version", "data-error", "round-replay",
+    # a receipt for an earlier round this site spent ε in was never delivered
+    "receipts-missing",
+    # the site's own configuration is unusable, or anything else failed on site
+    "config-error", "internal-error",
 })
 
 

@@ -22,7 +22,8 @@ from chem.models import EndpointSpec, ModelSpec, build_model, get_weights
 from participant.config import ParticipantConfig
 from participant.keys import MemberKeys, create_member_keys
 from protocols.canonical import sha256_hex, tensors_digest
-from protocols.messages import PROTOCOL_VERSION, DPPlan, RoundInstruction
+from protocols.messages import PROTOCOL_VERSION, DPPlan, RoundInstruction, UpdateSubmission
+from protocols.receipts import GENESIS_HASH, ReceiptLeaf, RoundReceipt, build_receipt, receipt_hash
 from protocols.signing import Ed25519PrivateKey, public_key_pem
 
 __all__ = ["DATA_DIR", "SiteKit", "make_site", "sample_molecules"]
@@ -58,12 +59,16 @@ class SiteKit:
         return ParticipantConfig.load(self.config_path)
 
     def instruction(self, *, round: int = 1, target_epsilon: float = 8.0, rounds: int = 3,
-                    batch_size: int = 32, unsafe_no_dp: bool = False) -> RoundInstruction:
-        """A train/evaluate instruction for this site's global model (no receipts yet)."""
+                    batch_size: int = 32, unsafe_no_dp: bool = False,
+                    receipts: Sequence[RoundReceipt] = (),
+                    weights: dict[str, np.ndarray] | None = None) -> RoundInstruction:
+        """A train/evaluate instruction for ``weights`` (default: this site's global model),
+        delivering ``receipts`` (the site derives its own inclusion proofs)."""
         mspec = self.model_spec
         return RoundInstruction(
             protocol_version=PROTOCOL_VERSION, federation_id="site-factory", round=round,
-            global_model_digest=tensors_digest(self.global_weights),
+            global_model_digest=tensors_digest(self.global_weights if weights is None
+                                               else weights),
             model_spec=mspec.to_dict(), model_spec_digest=mspec.digest(),
             featurization_spec=self.featurization_spec.to_dict(),
             featurization_spec_digest=self.featurization_spec.digest(),
@@ -71,7 +76,32 @@ class SiteKit:
             dp_plan=DPPlan(max_grad_norm=1.0, rounds=rounds, local_epochs=1,
                            target_epsilon=target_epsilon, delta=1e-5, batch_size=batch_size,
                            learning_rate=1e-3, optimizer="adam", unsafe_no_dp=unsafe_no_dp),
-            consortium_endpoints=mspec.endpoint_names)
+            consortium_endpoints=mspec.endpoint_names,
+            receipts=tuple(r.to_dict() for r in receipts),
+            inclusion_proofs=tuple(None for _ in receipts))
+
+    def receipt(self, round: int, *, submission: UpdateSubmission | None,
+                previous: RoundReceipt | None = None, status: str = "accepted",
+                model_before: str | None = None, model_after: str | None = None
+                ) -> RoundReceipt:
+        """The coordinator's signed receipt of ``round`` with this site's leaf: accepted
+        with the submitted digest, or ``status`` ("dropped": no digest, as a lost reply)."""
+        me = self.keys.receipt_fingerprint
+        if status == "accepted":
+            assert submission is not None
+            leaf = ReceiptLeaf(participant_fingerprint=me, status="accepted", weight=1.0,
+                               update_digest=submission.delta_digest,
+                               participant_signature=submission.signature,
+                               claimed_epsilon=submission.claimed_epsilon)
+        else:
+            leaf = ReceiptLeaf(participant_fingerprint=me, status=status, reason="timeout")
+        digest = tensors_digest(self.global_weights)
+        return build_receipt(
+            federation_id="site-factory", round=round, issued_at="2026-01-01T00:00:00Z",
+            previous_receipt_hash=GENESIS_HASH if previous is None else receipt_hash(previous),
+            model_digest_before=model_before or digest, model_digest_after=model_after or digest,
+            config_digest=sha256_hex(b"site-factory federation config"), leaves=[leaf],
+            coordinator_key=self.coordinator_key)
 
 
 def make_site(root: Path, *, dataset: str = "R_1291_LOGS.csv", n: int = 300, seed: int = 0,

@@ -35,7 +35,9 @@ def test_receipts_verify_and_ledgers_show_spend(tiny_run: Path) -> None:
     assert report.ok and report.verified == 2
     for partner in ("partner-0", "partner-1"):
         ledger = PrivacyLedger.open(seed / partner / "state", max_epsilon=32.0, delta=1e-5)
-        assert [e.round for e in ledger.entries()] == [1, 2]
+        # each round's update, and its noised evaluation, charged to the same ledger
+        assert [(e.round, e.release) for e in ledger.entries()] == [
+            (1, "train"), (1, "evaluate"), (2, "train"), (2, "evaluate")]
         assert 0 < ledger.epsilon() <= 32.0  # the tiny scenario's budget
         # the participant verified and stored every receipt it was sent
         assert len(list((seed / partner / "state" / "receipts").glob("receipt-*.json"))) == 2
