@@ -208,7 +208,8 @@ def test_private_head_stays_on_site(site_reply: tuple[SiteKit, Message]) -> None
 def test_evaluate_reply_leaks_no_smiles_or_per_example_data(
         site_reply: tuple[SiteKit, Message]) -> None:
     kit, train_reply = site_reply
-    submission = codec.decode_train_reply(train_reply.content).submission
+    submission = codec.decode_train_reply(train_reply.content,
+                                          shapes=_expectations(kit).shared_shapes).submission
     receipt = kit.receipt(1, submission=submission)
     reply = _call(kit, "evaluate", kit.instruction(receipts=[receipt]))
     metrics, refusal = codec.decode_evaluate_reply(reply.content)

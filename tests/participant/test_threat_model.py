@@ -23,7 +23,7 @@ from participant.client_app import make_client_app
 from participant.site import Site
 from protocols import flower_codec as codec
 from tests.participant.site_factory import SiteKit, make_site
-from tests.participant.test_outgoing_message import _call, task_identity
+from tests.participant.test_outgoing_message import _call, _expectations, task_identity
 
 __all__ = ["task_identity"]  # the fixture, re-used from test_outgoing_message
 
@@ -85,7 +85,8 @@ def round_replies(task_identity: None, tmp_path_factory: pytest.TempPathFactory
     kit = make_site(tmp_path_factory.mktemp("site"), n=120)
     replies = {"train": _call(kit, "train")}
     replies["withheld"] = _call(kit, "train", kit.instruction(round=2))
-    submission = codec.decode_train_reply(replies["train"].content).submission
+    submission = codec.decode_train_reply(replies["train"].content,
+                                         shapes=_expectations(kit).shared_shapes).submission
     receipt = kit.receipt(1, submission=submission)
     replies["evaluate"] = _call(kit, "evaluate", kit.instruction(receipts=[receipt]))
     # a data error whose text names a secret path and the site's column names
@@ -125,7 +126,8 @@ def test_every_field_a_site_sends_is_in_the_threat_model(
     kit, replies = round_replies
     table = wire_table()
     assert len(table) > 30 and all(p.split(" ")[0] in PROTECTIONS for p in table.values())
-    assert codec.decode_train_reply(replies["train"].content).submission is not None
+    shapes = _expectations(kit).shared_shapes
+    assert codec.decode_train_reply(replies["train"].content, shapes=shapes).submission is not None
     metrics, refusal = codec.decode_evaluate_reply(replies["evaluate"].content)
     assert refusal is None and metrics
     for what, found in _every(kit, replies):
@@ -139,7 +141,8 @@ def test_every_field_a_site_sends_is_in_the_threat_model(
 def test_a_new_key_on_the_wire_fails_the_scan(
         round_replies: tuple[SiteKit, dict[str, Message]]) -> None:
     kit, replies = round_replies
-    decoded = codec.decode_train_reply(replies["train"].content)
+    decoded = codec.decode_train_reply(replies["train"].content,
+                                       shapes=_expectations(kit).shared_shapes)
     assert decoded.submission is not None
     planted = Message(codec.encode_train_reply(decoded.submission, decoded.delta,
                                                {**decoded.metrics, "train-loss": 0.7}),
