@@ -49,8 +49,14 @@ from protocols.errors import (
     ReceiptVerificationError,
     SpecMismatchError,
 )
-from protocols.messages import PROTOCOL_VERSION, Refusal, RoundInstruction, UpdateSubmission
-from protocols.signing import fingerprint, load_private_key, load_public_key, sign
+from protocols.messages import (
+    PROTOCOL_VERSION,
+    Refusal,
+    RoundInstruction,
+    UpdateSubmission,
+    count_bucket,
+)
+from protocols.signing import fingerprint, load_private_key, load_public_key
 
 __all__ = ["Site", "TrainResult"]
 
@@ -102,10 +108,12 @@ class Site:
 
     # ---------------------------------------------------------------- helpers
     def _refusal(self, ins: RoundInstruction, reason: str, detail: str) -> TrainResult:
+        # The detail may describe this site's data: it stays in the site's log; the wire
+        # carries the signed reason code only (docs/threat-model.md, Refusals).
         log.warning("refusing round %d: %s (%s)", ins.round, reason, detail)
         return TrainResult(None, {}, {}, Refusal(
             protocol_version=PROTOCOL_VERSION, federation_id=ins.federation_id, round=ins.round,
-            participant_fingerprint=self.fingerprint, reason=reason, detail=detail[:500]))
+            participant_fingerprint=self.fingerprint, reason=reason).signed(self.key))
 
     def _ledger(self, ins: RoundInstruction) -> PrivacyLedger:
         # Opacus (accountants, sampler, noise) is imported on the train path only: it
@@ -133,7 +141,9 @@ class Site:
                                  coordinator_key=self.coordinator_key,
                                  own_fingerprint=self.fingerprint,
                                  submitted=self.outbox.submitted(),
-                                 received_global_model_digest=global_digest)
+                                 received_global_model_digest=global_digest,
+                                 federation_id=ins.federation_id,
+                                 config_digest=ins.config_digest)
 
     def _local_model(self, mspec: ModelSpec, data: SiteData) -> tuple[Any, list[str], np.ndarray,
                                                                       np.ndarray, np.ndarray,
@@ -288,18 +298,24 @@ class Site:
         delta = as_float32({k: new[k] - global_arrays[k] for k in global_arrays})
         counts = {e: int(m[:, j].sum()) for j, e in enumerate(model.spec.endpoint_names)
                   if e in ins.consortium_endpoints}
-        metrics: dict[str, float] = {"train-loss": result.mean_loss, "steps": result.steps,
-                                     "num-examples": data.n_train,
-                                     **{f"n.{e}": float(c) for e, c in counts.items()}}
+        # Counts leave only as the federation's weighting needs them (DECISIONS.md item 1):
+        # uniform sends whether this site holds an endpoint's labels, capped a power-of-two
+        # bucket. The step count is kept local: it is the dataset size over the batch size.
+        capped = ins.weighting == "capped"
+        num_examples = count_bucket(data.n_train) if capped else None
+        metrics: dict[str, float] = {
+            "train-loss": result.mean_loss,
+            **({"num-examples": float(num_examples)} if num_examples is not None else {}),
+            **{f"n.{e}": float(count_bucket(c) if capped else 1) if c else 0.0
+               for e, c in counts.items()}}
         entry_eps = after
         unsigned = UpdateSubmission(
             protocol_version=PROTOCOL_VERSION, federation_id=ins.federation_id, round=ins.round,
             participant_fingerprint=self.fingerprint, base_model_digest=global_digest,
-            delta_digest=tensors_digest(delta), num_examples=data.n_train,
+            delta_digest=tensors_digest(delta), num_examples=num_examples,
             claimed_epsilon=entry_eps if math.isfinite(entry_eps) else 1e308,
             delta=self.cfg.delta, metrics_digest=sha256_hex(canonical_json(metrics)))
-        submission = UpdateSubmission.from_dict(
-            {**unsigned.to_dict(), "signature": sign(self.key, unsigned.signing_payload())})
+        submission = unsigned.signed(self.key)
         # Order matters for crash safety: outbox, private heads, ledger, then send.
         self.outbox.put(OutboxEntry(round=ins.round, base_model_digest=global_digest,
                                     delta=delta, payload={
