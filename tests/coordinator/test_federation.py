@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from coordinator.federation import Federation
 from protocols.errors import RoundFailedError
@@ -260,3 +263,33 @@ def test_rounds_chain_and_bindings_survive_a_resume(tmp_path: Path) -> None:
     again.run_round(2)
     assert _receipt(again, 2).previous_receipt_hash != "0" * 64
     assert _leaves(again, 2)[fingerprint(C)][:2] == ("refused", "budget-exhausted")
+
+
+_POOL = {
+    "honest-a": Site(key=A), "honest-b": Site(key=B, seed=1), "honest-c": Site(key=C, seed=2),
+    "twice-a": twice(Site(key=A)), "refuse-a": refusal(A), "refuse-as-b": refusal(C, names=B),
+    "unsigned-as-a": refusal(C, names=A, signed=False), "outsider": refusal(OUTSIDER),
+    "round-99": refusal(C, round=99), "elsewhere": refusal(D, federation_id="x"),
+    "malformed": malformed, "error": error, "silent": silent,
+    "inflated": Site(key=D, scale=2.0), "junk": Site(key=D, extra_metrics={"x": 1.0}),
+}
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(sorted(_POOL)), min_size=1, max_size=6))
+def test_no_mix_of_replies_crashes_a_round_or_its_receipt(names: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        fed = federation(Path(tmp), {i + 1: _POOL[n] for i, n in enumerate(names)},
+                         enrolled=members(*MEMBERS), **{"round-timeout": 0.05,
+                                                        "min-participants": 1})
+        try:
+            fed.run_round(1)
+        except RoundFailedError:
+            assert not fed.log.rounds()
+            return
+        receipt = _receipt(fed)
+        ids = [leaf.participant_fingerprint for leaf in receipt.leaves]
+        # one leaf per node, never two under one id (what made build_receipt raise)
+        assert len(ids) == len(set(ids)) == len(names)
+        accepted = [leaf for leaf in receipt.leaves if leaf.status == "accepted"]
+        assert math.isclose(sum(leaf.weight for leaf in accepted), 1.0, rel_tol=1e-9)

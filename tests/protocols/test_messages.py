@@ -78,3 +78,11 @@ def test_refusal_carries_no_free_text() -> None:
                            "federation_id": "fed", "round": 2, "participant_fingerprint": fpr,
                            "reason": "data-error", "detail": "row 17: CCO is toxic",
                            "signature": "0" * 128})
+
+
+@given(st.integers(min_value=1, max_value=2**40))
+def test_count_bucket_is_the_next_power_of_two(n: int) -> None:
+    from protocols.messages import count_bucket
+
+    b = count_bucket(n)
+    assert b >= n and b & (b - 1) == 0 and (b == 1 or b // 2 < n)
