@@ -32,7 +32,8 @@ import numpy as np
 
 from protocols.errors import AdmissionError, ConfigError
 
-__all__ = ["UNIT_ROUNDOFF", "StreamingMean", "aggregate", "error_bound", "group_of"]
+__all__ = ["UNIT_ROUNDOFF", "StreamingMean", "aggregate", "error_bound", "group_of",
+           "member_weights"]
 
 UNIT_ROUNDOFF = 2.0**-24  # float32
 _BLOCK = 1 << 16  # float32 elements: 256 KiB, so block, scratch and product stay in L2
@@ -43,6 +44,25 @@ def group_of(name: str) -> str:
     if name.startswith("heads."):
         return "heads." + name.split(".")[1]
     return "trunk"
+
+
+def member_weights(*, weighting: str, count: int | None, head_counts: Mapping[str, float],
+                   cap: int) -> tuple[float, dict[str, float]]:
+    """A member's trunk weight and per-head weights (``heads.<endpoint>``).
+
+    ``uniform`` (the default; docs/threat-model.md): every admitted update weighs 1, and a
+    head 1 if the member holds that endpoint's labels; no count is involved, so no member
+    can steer by claiming one. ``capped``: the claimed (power-of-two) count, clipped at
+    ``cap``, the member's example cap fixed at enrolment, so a member's weight is at most
+    ``cap`` whatever it claims.
+    """
+    if weighting == "uniform":
+        return 1.0, {f"heads.{e}": 1.0 if n > 0 else 0.0 for e, n in head_counts.items()}
+    if weighting != "capped" or count is None:
+        raise AdmissionError("bad-count", "capped weighting needs a count", got=count,
+                             expected="a power-of-two count")
+    return (float(min(count, cap)),
+            {f"heads.{e}": float(min(n, cap)) for e, n in head_counts.items()})
 
 
 def error_bound(k: int) -> float:

@@ -10,6 +10,7 @@ loopback with ``config=<federation.toml>`` as run config.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator import checkpoint
 from coordinator.config import FederationConfig
-from coordinator.members import enroll_member
+from coordinator.members import check_new_member, enroll_member
 from coordinator.pki import create_pki, write_atomic
 from coordinator.proxy import start_nginx, write_nginx_config
 from coordinator.superlink import SuperLinkPlan, start_superlink, wait_healthy, write_flwr_home
@@ -143,8 +144,19 @@ def init(directory: Path, public_address: str | None = typer.Option(None),
 @app.command()
 def enroll(public_key: Path, name: str = typer.Option(...),
            receipt_key: Path = typer.Option(...),
+           max_epsilon: float | None = typer.Option(
+               None, min=0.0, help="the member's declared privacy budget ε (default: none "
+               "beyond the plan's target-epsilon)"),
+           max_examples: int | None = typer.Option(
+               None, min=1, help="the member's example cap (default: admission.max-num-examples)"),
            directory: Path = typer.Option(Path("."), "--dir")) -> None:
-    """Register a member's node key with the SuperLink (loopback) and record it."""
+    """Register a member's node key with the SuperLink (loopback) and record it.
+
+    Duplicates (name, node key or receipt key) are refused before the SuperLink is
+    touched. ``--max-epsilon`` and ``--max-examples`` are fixed here by the operator:
+    admission rejects a claimed ε above the first, weighting and the update-norm bound
+    use the second.
+    """
     dep = Deployment.load(directory)
     fed = FederationConfig.load(dep.directory / FEDERATION_NAME)
     if fed.members_file is None:
@@ -153,6 +165,7 @@ def enroll(public_key: Path, name: str = typer.Option(...),
     node_key = public_key.read_text(encoding="utf-8").strip()
     receipt_pem = receipt_key.read_text(encoding="utf-8")
     load_public_key(receipt_pem.encode())  # fail before touching the SuperLink
+    check_new_member(fed.members_file, name=name, node_key=node_key, receipt_key_pem=receipt_pem)
     done = subprocess.run(["flwr", "supernode", "register", str(public_key), CONNECTION,
                            "--name", name], env=dep.env(), capture_output=True, text=True,
                           timeout=60, check=False)
@@ -160,7 +173,9 @@ def enroll(public_key: Path, name: str = typer.Option(...),
         raise DeploymentError("the SuperLink refused the registration",
                               got=(done.stdout + done.stderr)[-400:],
                               fix="start the coordinator first (`fedadmet coordinator start`)")
-    enroll_member(fed.members_file, name=name, node_key=node_key, receipt_key_pem=receipt_pem)
+    enroll_member(fed.members_file, name=name, node_key=node_key, receipt_key_pem=receipt_pem,
+                  max_epsilon=math.inf if max_epsilon is None else max_epsilon,
+                  max_examples=max_examples)
     typer.echo(done.stdout.strip())
     typer.echo(f"Enrolled {name}.")
 

@@ -28,7 +28,7 @@ __all__ = [
     "ServerOptimizerConfig",
 ]
 
-Weighting = Literal["num-examples", "equal"]
+Weighting = Literal["uniform", "capped"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,10 +82,17 @@ class ServerOptimizerConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class AdmissionConfig:
-    """Bounds every submitted delta must respect."""
+    """Bounds every submitted delta must respect.
 
-    max_update_norm: float = 100.0
-    max_num_examples: int = 1_000_000
+    ``max_update_norm`` None (the default) derives the bound from the DP plan per member
+    (:func:`coordinator.update_bound.honest_update_norm_bound`); a number overrides it.
+    ``max_num_examples`` is the default per-member example cap for members enrolled
+    without one: it bounds a member's steps per round, and so its update norm, and
+    under capped weighting its weight.
+    """
+
+    max_update_norm: float | None = None
+    max_num_examples: int = 100_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,7 +114,10 @@ class FederationConfig:
     fraction: float = 1.0
     join_timeout: float = 120.0
     round_timeout: float = 600.0
-    weighting: Weighting = "num-examples"
+    # stop waiting once this many train updates were admitted (and as many evaluate
+    # replies arrived); 0 waits for every sampled member until round-timeout
+    min_replies: int = 0
+    weighting: Weighting = "uniform"
     seed: int = 0
     state_dir: Path = Path("state")
     members_file: Path | None = None
@@ -154,8 +164,9 @@ class FederationConfig:
             fraction=fed.number("fraction", 1.0, min=0.0, max=1.0, min_exclusive=True),
             join_timeout=fed.number("join-timeout", 120.0, min=0.0, min_exclusive=True),
             round_timeout=fed.number("round-timeout", 600.0, min=0.0, min_exclusive=True),
-            weighting=fed.text("weighting", "num-examples",  # type: ignore[arg-type]
-                              choices=("num-examples", "equal")),
+            min_replies=fed.integer("min-replies", 0, min=0),
+            weighting=fed.text("weighting", "uniform",  # type: ignore[arg-type]
+                              choices=("uniform", "capped")),
             seed=fed.integer("seed", 0, min=0),
             state_dir=resolve(fed.text("state-dir", "state")) or Path("state"),
             members_file=resolve(fed.optional_text("members")),
@@ -170,6 +181,10 @@ class FederationConfig:
         )
         fed.finish()
         root.finish()
+        if 0 < cfg.min_replies < cfg.min_participants:
+            raise ConfigError("federation.min-replies", "must be 0 or >= min-participants",
+                              got=cfg.min_replies, expected=f">= {cfg.min_participants}",
+                              fix="a round needs min-participants updates anyway", source=source)
         if not cfg.model.endpoints:
             raise ConfigError("model.endpoints", "at least one consortium endpoint is required",
                               fix="add a [[model.endpoints]] table with name and task",
@@ -199,7 +214,7 @@ class FederationConfig:
         """
         d = self.to_dict()
         for key in ("state_dir", "members_file", "signing_key", "tracking_uri",
-                    "join_timeout", "round_timeout", "register_every"):
+                    "join_timeout", "round_timeout", "min_replies", "register_every"):
             d.pop(key, None)
         return sha256_hex(canonical_json(d))
 
@@ -271,8 +286,9 @@ def _server_opt(t: Table) -> ServerOptimizerConfig:
 
 def _admission(t: Table) -> AdmissionConfig:
     cfg = AdmissionConfig(
-        max_update_norm=t.number("max-update-norm", 100.0, min=0.0, min_exclusive=True),
-        max_num_examples=t.integer("max-num-examples", 1_000_000, min=1))
+        max_update_norm=(t.number("max-update-norm", 1.0, min=0.0, min_exclusive=True)
+                         if t.has("max-update-norm") else None),
+        max_num_examples=t.integer("max-num-examples", 100_000, min=1))
     t.finish()
     return cfg
 

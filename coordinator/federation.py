@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -38,23 +39,40 @@ import numpy as np
 from flwr.app import Message
 
 from coordinator import checkpoint
-from coordinator.admission import AdmissionPolicy, Admitted, Member, RoundExpectations, admit
-from coordinator.aggregation import StreamingMean
+from coordinator.admission import (
+    AdmissionPolicy,
+    Admitted,
+    Member,
+    Rejected,
+    RoundExpectations,
+    admit,
+    authenticate,
+    check_evaluate_metrics,
+)
+from coordinator.aggregation import StreamingMean, member_weights
 from coordinator.central_dp import CentralDP
 from coordinator.config import FederationConfig
 from coordinator.participants import sample_participants, wait_for_participants
 from coordinator.receipt_log import ReceiptLog
 from coordinator.server_opt import make_server_optimizer
+from coordinator.update_bound import plan_update_norm_bound
 from protocols import flower_codec as codec
 from protocols.canonical import tensors_digest
 from protocols.errors import (
     AdmissionError,
     ConfigError,
     MessageValidationError,
+    ProtocolError,
     ReplyBoundsError,
     RoundFailedError,
 )
-from protocols.messages import PROTOCOL_VERSION, DPPlan, RoundInstruction
+from protocols.messages import (
+    PROTOCOL_VERSION,
+    DPPlan,
+    RoundInstruction,
+    Signed,
+    UpdateSubmission,
+)
 from protocols.receipts import (
     GENESIS_HASH,
     ReceiptLeaf,
@@ -105,6 +123,8 @@ class RoundSummary:
     epsilon: dict[str, float] = field(default_factory=dict)
     # participant-level ε of the central-DP release so far (None: central DP off)
     central_epsilon: float | None = None
+    # evaluate replies left out of ``evaluate``, and why (participant id -> reason code)
+    evaluate_reasons: dict[str, str] = field(default_factory=dict)
 
 
 class Federation:
@@ -136,10 +156,10 @@ class Federation:
         self.rng = np.random.default_rng(cfg.seed)
         self.central: CentralDP | None = None
         if cfg.central_dp.enabled:
-            if cfg.weighting != "equal":
-                raise ConfigError("central-dp.enabled", "central DP needs equal weighting",
-                                  got=cfg.weighting, expected="equal",
-                                  fix='set federation.weighting = "equal"')
+            if cfg.weighting != "uniform":
+                raise ConfigError("central-dp.enabled", "central DP needs uniform weighting",
+                                  got=cfg.weighting, expected="uniform",
+                                  fix='set federation.weighting = "uniform"')
             self.central = CentralDP(noise_multiplier=cfg.central_dp.noise_multiplier,
                                      clipping_norm=cfg.central_dp.clipping_norm,
                                      delta=cfg.privacy.delta)
@@ -219,40 +239,51 @@ class Federation:
                            unsafe_no_dp=p.unsafe_no_dp),
             consortium_endpoints=tuple(e.name for e in self.cfg.model.endpoints),
             receipts=tuple(r.to_dict() for r in receipts),
-            inclusion_proofs=tuple(None if x is None else x.to_dict() for x in proofs))
+            inclusion_proofs=tuple(None if x is None else x.to_dict() for x in proofs),
+            weighting=self.cfg.weighting)
 
     def _exchange(self, kind: str, round: int, nodes: list[int], global_weights: Weights,
-                  receipts_upto: int) -> Iterator[tuple[int, Message | None]]:
-        """Send to ``nodes``; yield ``(node, reply)`` as replies arrive, then ``(node, None)``
-        for each node that did not answer within the round timeout.
+                  receipts_upto: int, *, enough: Callable[[], bool] | None = None
+                  ) -> Iterator[tuple[int, Message | str]]:
+        """Send to ``nodes``; yield ``(node, reply)`` as replies arrive, then ``(node,
+        reason)`` for each node that did not answer: ``timeout`` when the round timeout
+        passed, ``round-closed`` when ``enough()`` said the round had what it needs.
 
         Messages are built and pushed one at a time and replies pulled one
         message id at a time (``send_and_receive`` holds all of either at once),
         so the caller can consume and drop each reply before the next is pulled.
+        A second reply to one message is yielded too (for the node it was sent to):
+        the caller records it as a duplicate.
         """
         digest = tensors_digest(global_weights)
-        pending: dict[str, int] = {}
+        sent: dict[str, int] = {}
         for node in nodes:
             msg = Message(codec.encode_instruction(
                 self._instruction(round, node, digest, receipts_upto), global_weights),
                 dst_node_id=node, message_type=kind)
-            pending.update((mid, node) for mid in self.grid.push_messages([msg]) if mid)
+            sent.update((mid, node) for mid in self.grid.push_messages([msg]) if mid)
             del msg
+        pending = dict(sent)
         answered: set[int] = set()
         deadline = time.monotonic() + self.cfg.round_timeout
         pause = 0.05
-        while pending:
+        closed = False
+        while pending and not closed:
             progressed = False
             for mid in list(pending):
                 for reply in self.grid.pull_messages([mid]):
-                    node = pending.pop(mid, reply.metadata.src_node_id)
+                    pending.pop(mid, None)
+                    node = sent[mid]
                     answered.add(node)
                     progressed = True
                     if self.on_reply is not None:
                         self.on_reply(kind, round, len(answered), len(nodes))
                     yield node, reply
+                if enough is not None and enough():
+                    closed = True
+                    break
             left = deadline - time.monotonic()
-            if left <= 0:
+            if closed or left <= 0:
                 break
             # back off while nothing arrives: one pull per pending id per pause
             pause = 0.05 if progressed else min(2 * pause, 2.0)
@@ -260,11 +291,54 @@ class Federation:
                 time.sleep(min(pause, left))
         for node in nodes:
             if node not in answered:
-                yield node, None
+                yield node, "round-closed" if closed else "timeout"
+
+    def _norm_bounds(self) -> tuple[float, dict[str, float]]:
+        """(default bound, per-member bounds): the configured bound, else the plan's."""
+        fixed = self.cfg.admission.max_update_norm
+        if fixed is not None:
+            return fixed, {}
+        p = self.cfg.privacy
+        d = sum(int(np.prod(v.shape)) for v in self.weights.values())
+
+        def bound(cap: int) -> float:
+            return plan_update_norm_bound(
+                max_grad_norm=p.max_grad_norm, learning_rate=p.learning_rate,
+                batch_size=p.batch_size, local_epochs=p.local_epochs, rounds=self.cfg.rounds,
+                target_epsilon=p.target_epsilon, delta=p.delta, accountant=p.accountant,
+                optimizer=p.optimizer, unsafe_no_dp=p.unsafe_no_dp, num_params=d,
+                max_examples=cap)
+
+        default = self.cfg.admission.max_num_examples
+        return bound(default), {fpr: bound(m.max_examples or default)
+                                for fpr, m in self.members.items()}
+
+    def _bind(self, node: int, fpr: str, online: set[int]) -> str | None:
+        """Bind ``node`` to member ``fpr``; the reason if the binding is refused.
+
+        A node answers for one member, and a member from one node at a time: a key
+        that another online node already answers for is refused (its old node may go,
+        e.g. simulation node ids change across a resume, and the key moves with it).
+        """
+        bound = self.node_ids.get(str(node))
+        if bound is not None and bound != fpr:
+            return "node-bound-to-another-member"
+        owners = [int(n) for n, f in self.node_ids.items() if f == fpr and int(n) != node]
+        if any(n in online for n in owners):
+            return "key-on-two-nodes"
+        for n in owners:
+            del self.node_ids[str(n)]
+        self.node_ids[str(node)] = fpr
+        return None
 
     # ---------------------------------------------------------------- round
     def run_round(self, round: int) -> RoundSummary:
-        """One full round; raises RoundFailedError if too few updates are admitted."""
+        """One full round; raises RoundFailedError if too few updates are admitted.
+
+        No reply can crash it: every anomaly becomes a leaf with a reason code, keyed
+        by the member the node is bound to, else by ``node:<id>``, never by a
+        fingerprint the reply merely names.
+        """
         t0, started_at = time.perf_counter(), time.time()
         online = wait_for_participants(self.grid.get_node_ids,
                                        min_participants=self.cfg.min_participants,
@@ -275,78 +349,106 @@ class Federation:
         base_digest = tensors_digest(base)
         shapes = {k: tuple(v.shape) for k, v in base.items()}
         agg = StreamingMean(shapes)
+        endpoints = tuple(e.name for e in self.cfg.model.endpoints)
         expected = RoundExpectations(federation_id=self.cfg.federation_id, round=round,
                                      base_model_digest=base_digest, shapes=shapes,
-                                     members=self.members)
-        policy = AdmissionPolicy(max_update_norm=self.cfg.admission.max_update_norm,
-                                 max_num_examples=self.cfg.admission.max_num_examples)
-        leaves: list[ReceiptLeaf] = []
+                                     members=self.members, endpoints=endpoints)
+        default_bound, member_bounds = self._norm_bounds()
+        p = self.cfg.privacy
+        policy = AdmissionPolicy(max_update_norm=default_bound, member_norm_bounds=member_bounds,
+                                 weighting=self.cfg.weighting,
+                                 max_epsilon=math.inf if p.unsafe_no_dp else p.target_epsilon)
+        leaves: dict[str, ReceiptLeaf] = {}
         reasons: dict[str, str] = {}
-        accepted: list[tuple[str, Any, float]] = []
-        endpoints = [e.name for e in self.cfg.model.endpoints]
-        for node, reply in self._exchange("train", round, nodes, base, round - 1):
-            fallback = self.node_ids.get(str(node), f"node:{node}")
-            if reply is None:
-                leaves.append(ReceiptLeaf(participant_fingerprint=fallback, status="dropped",
-                                          reason="timeout"))
-                reasons[fallback] = "timeout"
+        accepted: list[tuple[str, UpdateSubmission, float]] = []
+        online_set = set(online)
+
+        taken: set[str] = set()  # ids with a leaf or an accepted update this round
+
+        def record(pid: str, status: str, reason: str,
+                   sub: UpdateSubmission | None = None) -> None:
+            if pid in taken:  # a second anomaly from one node: one leaf per participant
+                log.warning("round %d: %s again (%s); its first leaf stands", round, pid[:19],
+                            reason)
+                return
+            leaves[pid] = ReceiptLeaf(
+                participant_fingerprint=pid, status=status, reason=reason,
+                update_digest=None if sub is None else sub.delta_digest,
+                participant_signature=None if sub is None else sub.signature,
+                claimed_epsilon=None if sub is None else sub.claimed_epsilon)
+            reasons[pid] = reason
+            taken.add(pid)
+
+        def enough() -> bool:
+            return 0 < self.cfg.min_replies <= len(accepted)
+
+        for node, reply in self._exchange("train", round, nodes, base, round - 1,
+                                          enough=enough):
+            node_pid = f"node:{node}"
+            pid = self.node_ids.get(str(node), node_pid)
+            if isinstance(reply, str):
+                record(pid, "dropped", reply)
                 continue
-            if reply.has_error():
-                leaves.append(ReceiptLeaf(participant_fingerprint=fallback, status="dropped",
-                                          reason=f"error: {reply.error.reason}"[:200]))
-                reasons[fallback] = "error"
+            if reply.has_error():  # Flower's error text is the site's: log it, record a code
+                log.warning("round %d: %s replied with an error: %.200s", round, pid[:19],
+                            reply.error.reason)
+                record(pid, "dropped", "client-error")
                 continue
             try:
                 decoded = codec.decode_train_reply(reply.content, shapes=shapes)
-            except MessageValidationError as exc:
-                # Bounds failures record their stable code only (no peer-chosen names).
-                code = exc.reason if isinstance(exc, ReplyBoundsError) else "malformed"
-                text = code if isinstance(exc, ReplyBoundsError) else f"{code}: {exc.message}"
-                leaves.append(ReceiptLeaf(participant_fingerprint=fallback, status="rejected",
-                                          reason=text[:200]))
-                reasons[fallback] = code
+            except ReplyBoundsError as exc:  # its stable code only: no peer-chosen names
+                log.warning("round %d: reply from %s out of bounds: %s", round, pid[:19], exc)
+                record(pid, "rejected", exc.reason)
+                continue
+            except (ProtocolError, MessageValidationError, ValueError, TypeError) as exc:
+                log.warning("round %d: malformed reply from %s: %s", round, pid[:19], exc)
+                record(pid, "rejected", "malformed")
+                continue
+            message: Signed | None = decoded.refusal or decoded.submission
+            assert message is not None
+            who = authenticate(message, expected=expected)
+            if isinstance(who, Rejected):
+                log.warning("round %d: %s from %s: %s (%s)", round, message.KIND, pid[:19],
+                            who.reason, who.detail)
+                record(pid, "rejected", who.reason)
+                continue
+            fpr = message.participant_fingerprint  # type: ignore[attr-defined]
+            refused = self._bind(node, fpr, online_set)
+            if refused is not None:
+                log.warning("round %d: %s answered for %s: %s", round, node_pid, fpr[:19],
+                            refused)
+                record(pid, "rejected", refused)
+                continue
+            if fpr in taken:  # the same node answering twice
+                record(node_pid, "rejected", "duplicate-reply")
                 continue
             if decoded.refusal is not None:
-                fpr = decoded.refusal.participant_fingerprint
-                self.node_ids[str(node)] = fpr
-                leaves.append(ReceiptLeaf(participant_fingerprint=fpr, status="refused",
-                                          reason=decoded.refusal.reason))
-                reasons[fpr] = decoded.refusal.reason
+                record(fpr, "refused", decoded.refusal.reason)
                 continue
             sub = decoded.submission
             assert sub is not None
             decision = admit(sub, decoded.delta, policy=policy, expected=expected,
                              metrics=decoded.metrics)
             if not isinstance(decision, Admitted):
-                leaves.append(ReceiptLeaf(
-                    participant_fingerprint=sub.participant_fingerprint, status="rejected",
-                    reason=decision.reason, update_digest=sub.delta_digest,
-                    participant_signature=sub.signature, claimed_epsilon=sub.claimed_epsilon))
-                reasons[sub.participant_fingerprint] = decision.reason
-                log.warning("round %d: rejected %s: %s (%s)", round,
-                            sub.participant_fingerprint[:19], decision.reason, decision.detail)
+                record(fpr, "rejected", decision.reason, sub)
+                log.warning("round %d: rejected %s: %s (%s)", round, fpr[:19], decision.reason,
+                            decision.detail)
                 continue
-            equal = self.cfg.weighting == "equal"
-            weight = 1.0 if equal else float(sub.num_examples)
-            heads = {}
-            for e in endpoints:
-                n_e = decoded.metrics.get(f"n.{e}", 0.0)
-                heads[f"heads.{e}"] = (1.0 if n_e > 0 else 0.0) if equal else n_e
+            cap = self.members[fpr].max_examples or self.cfg.admission.max_num_examples
             try:
+                weight, heads = member_weights(
+                    weighting=self.cfg.weighting, count=sub.num_examples, cap=cap,
+                    head_counts={e: decoded.metrics.get(f"n.{e}", 0.0) for e in endpoints})
                 if self.central is None:
                     agg.add(decoded.delta, weight=weight, group_weights=heads)
                 else:  # every tensor over the same members, so one clip bounds all of them
                     agg.add(self.central.clip(decoded.delta), weight=1.0)
-            except AdmissionError as exc:  # e.g. a NaN or negative n.<endpoint>; nothing added
-                leaves.append(ReceiptLeaf(
-                    participant_fingerprint=sub.participant_fingerprint, status="rejected",
-                    reason=exc.reason, update_digest=sub.delta_digest,
-                    participant_signature=sub.signature, claimed_epsilon=sub.claimed_epsilon))
-                reasons[sub.participant_fingerprint] = exc.reason
+            except AdmissionError as exc:  # nothing was added
+                record(fpr, "rejected", exc.reason, sub)
                 continue
-            self.node_ids[str(node)] = sub.participant_fingerprint
-            self.last_submitted[sub.participant_fingerprint] = round
-            accepted.append((sub.participant_fingerprint, sub, weight))
+            self.last_submitted[fpr] = round
+            accepted.append((fpr, sub, weight))
+            taken.add(fpr)
         if len(accepted) < self.cfg.min_participants:
             raise RoundFailedError(
                 f"round {round}: only {len(accepted)} update(s) admitted",
@@ -356,10 +458,10 @@ class Federation:
         # under central DP the sum is divided by the members sampled, not those accepted
         share = total if self.central is None else float(len(nodes))
         for fpr, sub, w in accepted:
-            leaves.append(ReceiptLeaf(participant_fingerprint=fpr, status="accepted",
+            leaves[fpr] = ReceiptLeaf(participant_fingerprint=fpr, status="accepted",
                                       update_digest=sub.delta_digest,
                                       participant_signature=sub.signature, weight=w / share,
-                                      claimed_epsilon=sub.claimed_epsilon))
+                                      claimed_epsilon=sub.claimed_epsilon)
         mean = agg.result()
         if self.central is not None:
             mean = self.central.privatize(mean, num_accepted=len(accepted),
@@ -371,15 +473,14 @@ class Federation:
             federation_id=self.cfg.federation_id, round=round,
             issued_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             previous_receipt_hash=self.prev_hash, model_digest_before=base_digest,
-            model_digest_after=new_digest, config_digest=self.cfg.digest(), leaves=leaves,
-            coordinator_key=self.key)
+            model_digest_after=new_digest, config_digest=self.cfg.digest(),
+            leaves=list(leaves.values()), coordinator_key=self.key)
         rhash = receipt_hash(receipt)
+        statuses = [x.status for x in leaves.values()]
         summary = RoundSummary(
-            round=round, accepted=len(accepted),
-            rejected=sum(1 for x in leaves if x.status == "rejected"),
-            dropped=sum(1 for x in leaves if x.status == "dropped"),
-            refused=sum(1 for x in leaves if x.status == "refused"), reasons=reasons,
-            model_digest=new_digest, receipt_hash=rhash,
+            round=round, accepted=len(accepted), rejected=statuses.count("rejected"),
+            dropped=statuses.count("dropped"), refused=statuses.count("refused"),
+            reasons=reasons, model_digest=new_digest, receipt_hash=rhash,
             # no training loss: it is a site's un-noised private statistic and stays there
             train={},
             evaluate={},
@@ -402,10 +503,12 @@ class Federation:
     def _finish_round(self, summary: RoundSummary, nodes: list[int]) -> RoundSummary:
         """Evaluate the checkpointed model, then log the round (rounds.jsonl, on_round)."""
         t0 = time.perf_counter()
-        summary.evaluate = self._evaluate(summary.round, nodes)
+        summary.evaluate, summary.evaluate_reasons = self._evaluate(summary.round, nodes)
         summary.seconds += time.perf_counter() - t0
+        # allow_nan=False: a non-finite value here is a bug, never a line in rounds.jsonl
+        line = json.dumps(summary.__dict__, sort_keys=True, allow_nan=False)
         with open(self.state_dir / "rounds.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(summary.__dict__, sort_keys=True) + "\n")
+            f.write(line + "\n")
         if self.on_round is not None:
             self.on_round(summary, self.weights)
         log.info("round %d: %d accepted, %d rejected, %d dropped, %d refused; eval %s",
@@ -413,31 +516,60 @@ class Federation:
                  summary.refused, {k: round_(v) for k, v in summary.evaluate.items()})
         return summary
 
-    def _evaluate(self, round: int, nodes: list[int]) -> dict[str, float]:
-        """The learning curve: each endpoint's metric over all sites' held-out molecules.
+    def _evaluate(self, round: int, nodes: list[int]
+                  ) -> tuple[dict[str, float], dict[str, str]]:
+        """The learning curve, and why replies were dropped from it.
 
-        Sites send a DP-noised mean ``<endpoint>.<metric>`` and noised count
-        ``<endpoint>.n`` (participant/private_evaluation.py); the count-weighted
-        mean of means is the noisy pooled sum over the noisy pooled count.
+        Sites send a DP-noised, bounded mean ``<endpoint>.<metric>`` and a noised count
+        ``<endpoint>.n`` (participant/private_evaluation.py); the count-weighted mean of
+        means is the noisy pooled sum over the noisy pooled count. Evaluate metrics are
+        unsigned and never touch the model: one that is undeclared, non-finite, out of
+        range or inconsistent is dropped with its reason (keyed like a leaf: the node's
+        bound member, else ``node:<id>``).
         """
         sums: dict[str, float] = {}
         weights: dict[str, float] = {}
-        for _, reply in self._exchange("evaluate", round, nodes, self.weights, round):
-            if reply is None or reply.has_error():
+        dropped: dict[str, str] = {}
+        seen: set[int] = set()
+        endpoints = [e.name for e in self.cfg.model.endpoints]
+        replies = 0
+
+        def enough() -> bool:
+            return 0 < self.cfg.min_replies <= replies
+
+        for node, reply in self._exchange("evaluate", round, nodes, self.weights, round,
+                                          enough=enough):
+            pid = self.node_ids.get(str(node), f"node:{node}")
+            if isinstance(reply, str):
+                continue
+            if node in seen:
+                dropped.setdefault(pid, "duplicate-reply")
+                continue
+            seen.add(node)
+            if reply.has_error():
+                dropped[pid] = "client-error"
                 continue
             try:
                 metrics, refusal = codec.decode_evaluate_reply(reply.content)
-            except MessageValidationError:
+            except (ProtocolError, ValueError, TypeError):
+                dropped[pid] = "malformed"
                 continue
             if refusal is not None:
                 continue
+            bad = check_evaluate_metrics(metrics, endpoints=endpoints)
+            if bad is not None:
+                log.warning("round %d: evaluate reply from %s dropped: %s (%s)", round,
+                            pid[:19], bad.reason, bad.detail)
+                dropped[pid] = bad.reason
+                continue
+            replies += 1
             for key, value in metrics.items():
                 if key.endswith(".n"):
                     continue
                 n = max(0.0, metrics.get(f"{key.rsplit('.', 1)[0]}.n", 0.0))
                 sums[key] = sums.get(key, 0.0) + value * n
                 weights[key] = weights.get(key, 0.0) + n
-        return {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
+        return {k: sums[k] / weights[k] for k in sums if weights[k] > 0}, dropped
 
     def run(self) -> list[RoundSummary]:
         """All remaining rounds (first finishing one whose evaluation a crash cut short)."""

@@ -178,7 +178,8 @@ class ReceiptStore:
     def accept(self, receipts: Sequence[Mapping[str, Any]],
                proofs: Sequence[Mapping[str, Any] | None], *, coordinator_key: Ed25519PublicKey,
                own_fingerprint: str, submitted: Mapping[int, str],
-               received_global_model_digest: str) -> list[RoundReceipt]:
+               received_global_model_digest: str, federation_id: str | None = None,
+               config_digest: str | None = None) -> list[RoundReceipt]:
         """Verify and store delivered receipts, oldest first.
 
         ``submitted`` maps a round to the update digest this site sent in it.
@@ -210,7 +211,8 @@ class ReceiptStore:
                     last_receipt_hash=last_hash, last_round=last_round,
                     own_fingerprint=own_fingerprint,
                     own_update_digest=submitted.get(receipt.round),
-                    received_global_model_digest=received_global_model_digest if newest else None)
+                    received_global_model_digest=received_global_model_digest if newest else None,
+                    federation_id=federation_id, config_digest=config_digest)
                 self._write(receipt, proof)
                 stored.append(receipt)
                 last_round, last_hash = receipt.round, receipt_hash(receipt)

@@ -68,8 +68,14 @@ from protocols.errors import (
     ReceiptVerificationError,
     SpecMismatchError,
 )
-from protocols.messages import PROTOCOL_VERSION, Refusal, RoundInstruction, UpdateSubmission
-from protocols.signing import fingerprint, load_private_key, load_public_key, sign
+from protocols.messages import (
+    PROTOCOL_VERSION,
+    Refusal,
+    RoundInstruction,
+    UpdateSubmission,
+    count_bucket,
+)
+from protocols.signing import fingerprint, load_private_key, load_public_key
 
 __all__ = ["Site", "TrainResult", "reason_for"]
 
@@ -121,11 +127,12 @@ class Site:
 
     # ---------------------------------------------------------------- helpers
     def _refusal(self, ins: RoundInstruction, reason: str, detail: str) -> TrainResult:
-        # The detail (paths, column names, values) stays in this log; the wire gets the code.
+        # The detail may describe this site's data: it stays in the site's log; the wire
+        # carries the signed reason code only (docs/threat-model.md, Refusals).
         log.warning("refusing round %d: %s (%s)", ins.round, reason, detail)
         return TrainResult(None, {}, {}, Refusal(
             protocol_version=PROTOCOL_VERSION, federation_id=ins.federation_id, round=ins.round,
-            participant_fingerprint=self.fingerprint, reason=reason, detail=""))
+            participant_fingerprint=self.fingerprint, reason=reason).signed(self.key))
 
     def refusal_for(self, ins: RoundInstruction, exc: BaseException) -> Refusal:
         """The refusal for an exception that escaped train or evaluate (logged in full)."""
@@ -177,7 +184,9 @@ class Site:
                                      coordinator_key=self.coordinator_key,
                                      own_fingerprint=self.fingerprint,
                                      submitted=self.outbox.submitted(),
-                                     received_global_model_digest=global_digest)
+                                     received_global_model_digest=global_digest,
+                                     federation_id=ins.federation_id,
+                                     config_digest=ins.config_digest)
             except ReceiptVerificationError as exc:
                 return self._refusal(ins, "receipt-verification-failed", exc.diagnostics())
             self.outbox.prune(verified=set(self.receipts.rounds()))
@@ -363,17 +372,23 @@ class Site:
         # The mean loss is over private labels with unbounded sensitivity: logged here only.
         log.info("%s round %d: mean DP-SGD training loss %.4f", ins.federation_id, ins.round,
                  result.mean_loss)
-        metrics: dict[str, float] = {"steps": result.steps, "num-examples": data.n_train,
-                                     **{f"n.{e}": float(c) for e, c in counts.items()}}
+        # Counts leave only as the federation's weighting needs them (docs/threat-model.md):
+        # uniform sends whether this site holds an endpoint's labels, capped a power-of-two
+        # bucket. The step count is kept local: it is the dataset size over the batch size.
+        capped = ins.weighting == "capped"
+        num_examples = count_bucket(data.n_train) if capped else None
+        metrics: dict[str, float] = {
+            **({"num-examples": float(num_examples)} if num_examples is not None else {}),
+            **{f"n.{e}": float(count_bucket(c) if capped else 1) if c else 0.0
+               for e, c in counts.items()}}
         entry_eps = after
         unsigned = UpdateSubmission(
             protocol_version=PROTOCOL_VERSION, federation_id=ins.federation_id, round=ins.round,
             participant_fingerprint=self.fingerprint, base_model_digest=global_digest,
-            delta_digest=tensors_digest(delta), num_examples=data.n_train,
+            delta_digest=tensors_digest(delta), num_examples=num_examples,
             claimed_epsilon=entry_eps if math.isfinite(entry_eps) else 1e308,
             delta=self.cfg.delta, metrics_digest=sha256_hex(canonical_json(metrics)))
-        submission = UpdateSubmission.from_dict(
-            {**unsigned.to_dict(), "signature": sign(self.key, unsigned.signing_payload())})
+        submission = unsigned.signed(self.key)
         # Order matters for crash safety: outbox, private heads, ledger, then send.
         self.outbox.put(OutboxEntry(round=ins.round, base_model_digest=global_digest,
                                     delta=delta, payload={

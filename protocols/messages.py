@@ -18,17 +18,22 @@ from typing import Any, ClassVar, Self
 
 from protocols.canonical import canonical_json, sha256_hex
 from protocols.errors import MessageValidationError
+from protocols.signing import Ed25519PrivateKey, sign
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "REFUSAL_REASONS",
+    "WEIGHTINGS",
     "DPPlan",
     "Refusal",
     "RoundInstruction",
+    "Signed",
     "UpdateSubmission",
     "Wire",
     "check_digest",
     "check_fingerprint",
     "check_participant_id",
+    "count_bucket",
 ]
 
 PROTOCOL_VERSION = "fedadmet/1"
@@ -38,6 +43,7 @@ _FPR = re.compile(r"^sha256:[0-9a-f]{64}$")
 _NODE = re.compile(r"^node:[0-9]+$")
 _SIG = re.compile(r"^[0-9a-f]{128}$")
 
+# Stable reason codes: the only thing a refusal says about why (detail stays in the site's log).
 REFUSAL_REASONS = frozenset({
     "budget-exhausted", "spec-mismatch", "receipt-verification-failed", "code-mismatch",
     "halted", "protocol-version", "data-error", "round-replay",
@@ -46,6 +52,16 @@ REFUSAL_REASONS = frozenset({
     # the site's own configuration is unusable, or anything else failed on site
     "config-error", "internal-error",
 })
+
+# How the coordinator weighs admitted updates (docs/threat-model.md):
+# "uniform" sends no example count at all; "capped" sends a power-of-two bucket that the
+# coordinator clips at the member's enrolled cap.
+WEIGHTINGS = ("uniform", "capped")
+
+
+def count_bucket(n: int) -> int:
+    """``n`` rounded up to a power of two: the coarse count a site sends under "capped"."""
+    return 1 << max(0, int(n) - 1).bit_length()
 
 
 def _bad(cls: str, name: str, value: Any, expected: str) -> MessageValidationError:
@@ -159,6 +175,23 @@ def _check_version(cls: str, value: Any) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Signed(Wire):
+    """A message its sender signs with its enrolled key over every other field."""
+
+    signature: str = field(default="0" * 128)
+
+    def signing_payload(self) -> bytes:
+        """Canonical bytes of every field except ``signature``."""
+        d = self.to_dict()
+        del d["signature"]
+        return canonical_json(d)
+
+    def signed(self, key: Ed25519PrivateKey) -> Self:
+        """This message with ``key``'s signature (parsed again, so it is valid as sent)."""
+        return self.from_dict({**self.to_dict(), "signature": sign(key, self.signing_payload())})
+
+
+@dataclass(frozen=True, kw_only=True)
 class DPPlan(Wire):
     """The record-level DP plan each site calibrates its own noise against."""
 
@@ -216,9 +249,12 @@ class RoundInstruction(Wire):
     consortium_endpoints: tuple[str, ...]
     receipts: tuple[Mapping[str, Any], ...] = ()
     inclusion_proofs: tuple[Mapping[str, Any] | None, ...] = ()
+    weighting: str = "uniform"
 
     def __post_init__(self) -> None:
         n = "RoundInstruction"
+        if self.weighting not in WEIGHTINGS:
+            raise _bad(n, "weighting", self.weighting, " | ".join(WEIGHTINGS))
         _check_version(n, self.protocol_version)
         _check_str(n, "federation_id", self.federation_id)
         _check_int(n, "round", self.round, minimum=1)
@@ -246,11 +282,13 @@ class RoundInstruction(Wire):
 
 
 @dataclass(frozen=True, kw_only=True)
-class UpdateSubmission(Wire):
+class UpdateSubmission(Signed):
     """A participant's signed claim about the update it returns.
 
     ``signature`` is the participant's Ed25519 signature over
     :meth:`signing_payload`: the canonical bytes of every other field.
+    ``num_examples`` is None under uniform weighting (no count leaves the site) and a
+    power-of-two bucket under capped weighting.
     """
 
     KIND: ClassVar[str] = "update-submission"
@@ -260,11 +298,10 @@ class UpdateSubmission(Wire):
     participant_fingerprint: str
     base_model_digest: str
     delta_digest: str
-    num_examples: int
+    num_examples: int | None
     claimed_epsilon: float
     delta: float
     metrics_digest: str
-    signature: str = field(default="0" * 128)
 
     def __post_init__(self) -> None:
         n = "UpdateSubmission"
@@ -274,21 +311,20 @@ class UpdateSubmission(Wire):
         check_fingerprint(n, "participant_fingerprint", self.participant_fingerprint)
         for name in ("base_model_digest", "delta_digest", "metrics_digest"):
             check_digest(n, name, getattr(self, name))
-        _check_int(n, "num_examples", self.num_examples, minimum=1)
+        if self.num_examples is not None:
+            _check_int(n, "num_examples", self.num_examples, minimum=1)
         _check_float(n, "claimed_epsilon", self.claimed_epsilon, lo=0.0)
         _check_float(n, "delta", self.delta, lo=0.0, hi=1.0)
         _check_signature(n, "signature", self.signature)
 
-    def signing_payload(self) -> bytes:
-        """Canonical bytes of every field except ``signature``."""
-        d = self.to_dict()
-        del d["signature"]
-        return canonical_json(d)
-
 
 @dataclass(frozen=True, kw_only=True)
-class Refusal(Wire):
-    """A participant's structured "no" for a round, with a machine-readable reason."""
+class Refusal(Signed):
+    """A participant's signed "no" for a round: a stable reason code and nothing else.
+
+    Signed like a submission, so no one can refuse in another member's name; free-text
+    detail never crosses the firewall (it may describe the site's data).
+    """
 
     KIND: ClassVar[str] = "refusal"
     protocol_version: str
@@ -296,7 +332,6 @@ class Refusal(Wire):
     round: int
     participant_fingerprint: str
     reason: str
-    detail: str
 
     def __post_init__(self) -> None:
         n = "Refusal"
@@ -306,5 +341,4 @@ class Refusal(Wire):
         check_fingerprint(n, "participant_fingerprint", self.participant_fingerprint)
         if self.reason not in REFUSAL_REASONS:
             raise _bad(n, "reason", self.reason, " | ".join(sorted(REFUSAL_REASONS)))
-        if not isinstance(self.detail, str):
-            raise _bad(n, "detail", self.detail, "a string")
+        _check_signature(n, "signature", self.signature)

@@ -288,6 +288,7 @@ def verify_receipt_for_participant(
     receipt: RoundReceipt, proof: InclusionProof | None, *, coordinator_key: Ed25519PublicKey,
     last_receipt_hash: str | None, last_round: int, own_fingerprint: str,
     own_update_digest: str | None, received_global_model_digest: str | None,
+    federation_id: str | None = None, config_digest: str | None = None,
 ) -> ReceiptLeaf | None:
     """The participant's five checks, in order; returns its own leaf if it has one.
 
@@ -295,12 +296,22 @@ def verify_receipt_for_participant(
     2. ``chain``: links to the last receipt this participant holds;
     3. ``inclusion``: its own submission is in the tree with the digest it sent;
     4. ``model-digest``: the global model it now receives is the receipt's "after";
-    5. ``round-monotone``: the round number is above every round it holds.
+    5. ``round-monotone``: the round number is above every round it holds;
+
+    and, when given, ``instruction``: the receipt names the ``federation_id`` and
+    ``config_digest`` of the instruction it came with (a receipt from another federation
+    or configuration is not this federation's history).
 
     ``own_update_digest`` is None when the participant sent nothing that round;
     ``received_global_model_digest`` is None when this is not the newest receipt.
     """
     verify_receipt_signature(receipt, coordinator_key)
+    for name, want in (("federation_id", federation_id), ("config_digest", config_digest)):
+        if want is not None and getattr(receipt, name) != want:
+            raise ReceiptVerificationError(
+                "instruction", f"the receipt's {name} is not the instruction's",
+                round=receipt.round, got=getattr(receipt, name), expected=want,
+                fix="stop: the coordinator delivered another federation's receipts")
     expected_prev = last_receipt_hash if last_receipt_hash is not None else GENESIS_HASH
     if receipt.round <= last_round:
         raise ReceiptVerificationError("round-monotone", "round number did not increase",

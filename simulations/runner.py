@@ -83,7 +83,7 @@ def _federation_toml(scenario: Scenario, seed: int, scaling: dict[str, tuple[flo
     lines = [
         "[federation]", f'id = "{scenario.name}-seed{seed}"', f"rounds = {scenario.rounds}",
         f"min-participants = {scenario.partners}", "fraction = 1.0", "join-timeout = 120.0",
-        f"round-timeout = {scenario.round_timeout}", 'weighting = "num-examples"',
+        f"round-timeout = {scenario.round_timeout}", 'weighting = "uniform"',
         f"seed = {seed}", 'state-dir = "state"', 'members = "members.json"',
         'signing-key = "keys/receipt-signing.key"', "",
         "[model]", f'featurizer = "{scenario.featurizer}"',

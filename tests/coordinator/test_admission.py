@@ -34,7 +34,7 @@ def _submit(delta: dict[str, np.ndarray], *, signer: Ed25519PrivateKey = ALICE,
     d: dict[str, object] = {
         "protocol_version": "fedadmet/1", "federation_id": "fed", "round": 4,
         "participant_fingerprint": fingerprint(claimed_by or signer),
-        "base_model_digest": BASE, "delta_digest": tensors_digest(delta), "num_examples": 50,
+        "base_model_digest": BASE, "delta_digest": tensors_digest(delta), "num_examples": None,
         "claimed_epsilon": 2.0, "delta": 1e-5, "metrics_digest": "f" * 64}
     d.update(fields)
     unsigned = UpdateSubmission(**d)  # type: ignore[arg-type]
@@ -46,7 +46,8 @@ def _expect(**overrides: object) -> RoundExpectations:
     d: dict[str, object] = {
         "federation_id": "fed", "round": 4, "base_model_digest": BASE, "shapes": SHAPES,
         "members": {fingerprint(ALICE): Member(name="alice", receipt_key=ALICE.public_key(),
-                                               max_epsilon=8.0)}}
+                                               max_epsilon=8.0)},
+        "endpoints": ("logd",)}
     d.update(overrides)
     return RoundExpectations(**d)  # type: ignore[arg-type]
 
@@ -95,20 +96,6 @@ def test_wrong_federation_is_rejected() -> None:
     assert _reason(_decide(_submit(delta, federation_id="other"), delta)) == "wrong-federation"
 
 
-def test_wrong_featurization_spec_is_rejected() -> None:
-    delta = _delta()
-    result = _decide(_submit(delta), delta, featurization_spec_digest="c" * 64,
-                     reported_specs={"featurization-spec": "d" * 64})
-    assert _reason(result) == "wrong-featurization-spec"
-
-
-def test_wrong_model_spec_is_rejected() -> None:
-    delta = _delta()
-    result = _decide(_submit(delta), delta, model_spec_digest="c" * 64,
-                     reported_specs={"model-spec": "e" * 64})
-    assert _reason(result) == "wrong-model-spec"
-
-
 def test_missing_or_extra_tensor_is_rejected() -> None:
     delta = _delta()
     delta["heads.private.weight"] = np.zeros(2, np.float32)  # leaking a private head
@@ -152,12 +139,34 @@ def test_participant_over_declared_budget_is_rejected() -> None:
     assert _reason(_decide(_submit(delta, claimed_epsilon=9.5), delta)) == "over-budget"
 
 
-def test_inflated_example_count_to_outvote_others_is_rejected() -> None:
+def test_claimed_epsilon_of_1e300_is_rejected_against_the_plan() -> None:
+    # a member enrolled without a maximum is still held to the plan's target ε
     delta = _delta()
-    sub = _submit(delta, num_examples=10**9)
-    assert _reason(_decide(sub, delta)) == "num-examples-exceeded"
-    policy = AdmissionPolicy(max_update_norm=1.0, max_num_examples=10**9)
-    assert isinstance(admit(sub, delta, policy=policy, expected=_expect()), Admitted)
+    members = {fingerprint(ALICE): Member(name="alice", receipt_key=ALICE.public_key())}
+    policy = AdmissionPolicy(max_update_norm=1.0, max_epsilon=8.0)
+    sub = _submit(delta, claimed_epsilon=1e300)
+    assert _reason(admit(sub, delta, policy=policy, expected=_expect(members=members))) == \
+        "over-budget"
+    honest = _submit(delta, claimed_epsilon=8.0)
+    assert isinstance(admit(honest, delta, policy=policy, expected=_expect(members=members)),
+                      Admitted)
+
+
+def test_example_count_under_uniform_weighting_is_rejected() -> None:
+    # uniform weighting: the site sends no count; one that does is not following the plan
+    delta = _delta()
+    assert _reason(_decide(_submit(delta, num_examples=64), delta)) == "bad-count"
+
+
+@pytest.mark.parametrize("count", [None, 1000, 2**41])
+def test_unbucketed_or_absurd_count_under_capped_weighting_is_rejected(
+        count: int | None) -> None:
+    delta = _delta()
+    policy = AdmissionPolicy(max_update_norm=1.0, weighting="capped")
+    result = admit(_submit(delta, num_examples=count), delta, policy=policy, expected=_expect())
+    assert _reason(result) == "bad-count"
+    ok = admit(_submit(delta, num_examples=1024), delta, policy=policy, expected=_expect())
+    assert isinstance(ok, Admitted)
 
 
 def _with_metrics(delta: dict[str, np.ndarray], metrics: dict[str, float]
@@ -166,26 +175,49 @@ def _with_metrics(delta: dict[str, np.ndarray], metrics: dict[str, float]
 
 
 def test_honest_metrics_matching_the_signed_digest_are_admitted() -> None:
-    delta, metrics = _delta(), {"n.logd": 50.0, "train-loss": 0.5}
+    delta, metrics = _delta(), {"n.logd": 1.0}
     result = admit(_with_metrics(delta, metrics), delta, metrics=metrics,
                    policy=AdmissionPolicy(max_update_norm=1.0), expected=_expect())
     assert isinstance(result, Admitted)
 
 
+@pytest.mark.parametrize(("metrics", "reason"), [
+    ({f"junk{i}": 0.0 for i in range(2000)}, "undeclared-metric"),
+    ({"n.secret-endpoint": 1.0}, "undeclared-metric"),
+    ({"train-loss": 0.5}, "undeclared-metric"),  # an un-noised loss never leaves a site
+    ({"num-examples": 1e308}, "inconsistent-counts"),  # the signed count says otherwise
+    ({"num-examples": -1.0}, "inconsistent-counts"),
+    ({"steps": 10.0}, "undeclared-metric"),
+])
+def test_signed_junk_train_metrics_are_rejected(metrics: dict[str, float], reason: str) -> None:
+    delta = _delta()
+    result = admit(_with_metrics(delta, metrics), delta, metrics=metrics,
+                   policy=AdmissionPolicy(max_update_norm=1.0), expected=_expect())
+    assert _reason(result) == reason
+
+
 def test_metrics_swapped_after_signing_are_rejected() -> None:
     delta = _delta()
-    sub = _with_metrics(delta, {"n.logd": 50.0, "train-loss": 0.5})
-    result = admit(sub, delta, metrics={"n.logd": 50.0, "train-loss": 0.1},
+    sub = _with_metrics(delta, {"n.logd": 50.0, "num-examples": 64.0})
+    result = admit(sub, delta, metrics={"n.logd": 50.0, "num-examples": 128.0},
                    policy=AdmissionPolicy(max_update_norm=1.0), expected=_expect())
     assert _reason(result) == "metrics-digest-mismatch"
 
 
-@pytest.mark.parametrize("count", [51.0, -1.0])
-def test_head_weight_inflation_by_endpoint_count_is_rejected(count: float) -> None:
+@pytest.mark.parametrize(("count", "claimed"), [(2.0, None), (-1.0, None), (65.0, 64),
+                                               (1.0, 64)])
+def test_head_weight_inflation_by_endpoint_count_is_rejected(count: float,
+                                                             claimed: int | None) -> None:
     # n.<endpoint> weights that endpoint's head: more labels than examples is a lie
-    delta, metrics = _delta(), {"n.logd": count}
-    result = admit(_with_metrics(delta, metrics), delta, metrics=metrics,
-                   policy=AdmissionPolicy(max_update_norm=1.0), expected=_expect())
+    # (under uniform the count is 1, under capped the signed bucket); and num-examples,
+    # when sent, must be the signed count
+    metrics = {"n.logd": count} if count != 1.0 else {"num-examples": 32.0}
+    delta = _delta()
+    policy = AdmissionPolicy(max_update_norm=1.0,
+                             weighting="uniform" if claimed is None else "capped")
+    sub = _submit(delta, num_examples=claimed,
+                  metrics_digest=sha256_hex(canonical_json(metrics)))
+    result = admit(sub, delta, metrics=metrics, policy=policy, expected=_expect())
     assert _reason(result) == "inconsistent-counts"
 
 

@@ -169,11 +169,11 @@ def test_bad_parameters_are_config_errors() -> None:
 
 def test_central_dp_with_example_count_weighting_is_refused(tmp_path: Path) -> None:
     cfg = FederationConfig.from_mapping({
-        "federation": {"id": "cdp", "state-dir": str(tmp_path), "weighting": "num-examples"},
+        "federation": {"id": "cdp", "state-dir": str(tmp_path), "weighting": "capped"},
         "model": {"endpoints": [{"name": "logd", "task": "regression"}]},
         "central-dp": {"enabled": True}})
     key = Ed25519PrivateKey.generate()
-    with pytest.raises(ConfigError, match="equal weighting"):
+    with pytest.raises(ConfigError, match="uniform weighting"):
         # refused before the grid, members or weights are touched
         Federation(cfg, grid=cast(GridLike, None), signing_key=key, members={},
                    initial_weights={}, model_spec={}, model_spec_digest="",
@@ -192,8 +192,8 @@ def test_central_dp_round_loop_reports_epsilon_next_to_participants(tmp_path: Pa
     run = prepare_seed(load_scenario("tiny").with_overrides(rounds=rounds), tmp_path,
                        seed=0, cache=Path(".fedadmet-cache"))
     toml = tmp_path / "coordinator" / "federation.toml"
-    text = toml.read_text(encoding="utf-8").replace('weighting = "num-examples"',
-                                                    'weighting = "equal"')
+    text = toml.read_text(encoding="utf-8")
+    assert 'weighting = "uniform"' in text  # what central DP needs, and the default
     toml.write_text(text + f"\n[central-dp]\nenabled = true\nnoise-multiplier = {z}\n"
                     "clipping-norm = 5.0\n", encoding="utf-8")
     run.federation = FederationConfig.load(toml)

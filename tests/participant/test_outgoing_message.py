@@ -139,7 +139,7 @@ def test_train_reply_leaks_no_smiles_or_per_example_data(
     # the update is exactly the declared shared set, trained (not all zero)
     assert set(decoded.delta) == set(exp.shared_shapes)
     assert any(np.abs(v).sum() > 0 for v in decoded.delta.values())
-    assert decoded.submission.num_examples in exp.sizes
+    assert decoded.submission.num_examples is None  # uniform weighting: no count leaves
     wire = [obj.deflate() for obj in get_all_nested_objects(reply).values()]
     # the scan saw the float bytes of the whole delta, not just headers
     assert sum(len(b) for b in wire) > 4 * sum(v.size for v in decoded.delta.values())
@@ -155,7 +155,10 @@ def test_train_metrics_are_the_reviewed_aggregates_only(
     kit, reply = site_reply
     decoded = codec.decode_train_reply(reply.content, shapes=_expectations(kit).shared_shapes)
     endpoints = {f"n.{e}" for e in kit.model_spec.endpoint_names}
-    assert set(decoded.metrics) == {"steps", "num-examples"} | endpoints
+    # uniform weighting (the default): no count, no step count (n / batch size), no loss, and
+    # each n.<endpoint> only says whether the site holds that endpoint's labels
+    assert set(decoded.metrics) == endpoints
+    assert {decoded.metrics[e] for e in endpoints} <= {0.0, 1.0}
 
 
 def test_training_time_is_logged_on_site(task_identity: None, tmp_path: Path,

@@ -187,3 +187,33 @@ def test_stray_file_in_the_store_is_not_taken_for_a_receipt(tmp_path: Path) -> N
     assert store.rounds() == [1]
     _deliver(store, receipts[1:])
     assert store.rounds() == [1, 2] and store.halted() is None
+
+
+@pytest.mark.parametrize(("field", "value"), [("federation_id", "another-federation"),
+                                              ("config_digest", "9" * 64)])
+def test_receipt_for_another_federation_or_config_halts(tmp_path: Path, field: str,
+                                                        value: str) -> None:
+    # the chain factory's receipts are federation "fed" under config "d" * 64
+    store = ReceiptStore(tmp_path)
+    receipts = chain(1)
+    mine = fingerprint(ME)
+    instruction = {"federation_id": "fed", "config_digest": "d" * 64, field: value}
+    with pytest.raises(ReceiptVerificationError) as err:
+        store.accept([r.to_dict() for r in receipts],
+                     [None if (p := proof_for(r, mine)) is None else p.to_dict()
+                      for r in receipts],
+                     coordinator_key=COORDINATOR.public_key(), own_fingerprint=mine,
+                     submitted={1: receipts[0].leaves[0].update_digest or ""},
+                     received_global_model_digest=receipts[0].model_digest_after,
+                     **instruction)
+    assert err.value.check == "instruction"
+    store2 = ReceiptStore(tmp_path / "ok")
+    store2.accept([r.to_dict() for r in receipts],
+                  [None if (p := proof_for(r, mine)) is None else p.to_dict() for r in receipts],
+                  coordinator_key=COORDINATOR.public_key(), own_fingerprint=mine,
+                  submitted={r.round: next(x.update_digest for x in r.leaves
+                                           if x.participant_fingerprint == mine) or ""
+                             for r in receipts},
+                  received_global_model_digest=receipts[0].model_digest_after,
+                  federation_id="fed", config_digest="d" * 64)
+    assert store2.rounds() == [1]

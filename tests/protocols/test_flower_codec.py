@@ -35,7 +35,7 @@ def test_train_reply_round_trip() -> None:
 def test_refusal_round_trip() -> None:
     refusal = Refusal(protocol_version="fedadmet/1", federation_id="fed", round=1,
                       participant_fingerprint=submission(MEMBERS[0]).participant_fingerprint,
-                      reason="budget-exhausted", detail="no budget")
+                      reason="budget-exhausted").signed(MEMBERS[0])
     reply = codec.decode_train_reply(codec.encode_refusal(refusal), shapes=SHAPES)
     assert reply.refusal == refusal and reply.submission is None
 

@@ -63,8 +63,26 @@ def test_submission_signature_covers_every_field() -> None:
 def test_refusal_reasons_are_machine_readable() -> None:
     fpr = submission(MEMBERS[0]).participant_fingerprint
     ok = Refusal(protocol_version="fedadmet/1", federation_id="fed", round=2,
-                 participant_fingerprint=fpr, reason="budget-exhausted", detail="eps 8.1 > 8")
+                 participant_fingerprint=fpr, reason="budget-exhausted").signed(MEMBERS[0])
     assert Refusal.from_dict(ok.to_dict()) == ok
+    verify(MEMBERS[0].public_key(), ok.signing_payload(), ok.signature, what="refusal")
     with pytest.raises(MessageValidationError):
         Refusal(protocol_version="fedadmet/1", federation_id="fed", round=2,
-                participant_fingerprint=fpr, reason="tired", detail="")
+                participant_fingerprint=fpr, reason="tired")
+
+
+def test_refusal_carries_no_free_text() -> None:
+    fpr = submission(MEMBERS[0]).participant_fingerprint
+    with pytest.raises(MessageValidationError, match="unknown fields"):
+        Refusal.from_dict({"kind": "refusal", "protocol_version": "fedadmet/1",
+                           "federation_id": "fed", "round": 2, "participant_fingerprint": fpr,
+                           "reason": "data-error", "detail": "row 17: CCO is toxic",
+                           "signature": "0" * 128})
+
+
+@given(st.integers(min_value=1, max_value=2**40))
+def test_count_bucket_is_the_next_power_of_two(n: int) -> None:
+    from protocols.messages import count_bucket
+
+    b = count_bucket(n)
+    assert b >= n and b & (b - 1) == 0 and (b == 1 or b // 2 < n)
