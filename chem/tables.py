@@ -48,7 +48,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -63,12 +63,13 @@ from protocols.errors import DataError, MissingColumnError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from chem.models import Task  # torch stays unimported: annotations only
+
 __all__ = ["MoleculeTable", "TableReport", "check_file", "check_text", "load_table",
            "read_frame", "report_lines"]
 
 log = logging.getLogger(__name__)
 
-Task = Literal["regression", "classification"]
 TABLE_RULES = "tables/v2"  # label, length and duplicate rules: part of the cache key
 MISSING = frozenset({"", "na", "n/a", "null", "none"})
 BINARY = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "false": 0.0, "true": 1.0,

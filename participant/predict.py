@@ -61,7 +61,9 @@ def predict_frame(predictor: Predictor, frame: pd.DataFrame, *,
                         expected=f"no input column named {', '.join(outputs)}",
                         fix="rename those columns in the input file")
     cells = [_cell(v) for v in frame[smiles_column].tolist()]
-    parts, seen, repeats = [], set(), 0
+    parts: list[pd.DataFrame] = []
+    seen: set[str] = set()
+    repeats = 0
     for i in range(0, len(cells), _CHUNK):
         parts.append(predictor.predict(cells[i:i + _CHUNK]))
         # standardise_smiles memoises, so this second look at the chunk costs little

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,9 @@ from chem.tables import MoleculeTable, load_table
 from protocols.errors import DataError
 from simulations.datasets import load_dataset
 from simulations.scenario import EndpointSource, Scenario
+
+if TYPE_CHECKING:
+    from chem.models import Task
 
 __all__ = ["PartnerData", "build_partner_data", "source_reports"]
 
@@ -47,13 +50,16 @@ class PartnerData:
     intake: dict[str, Any] = field(default_factory=dict)  # its loader's TableReport.to_dict()
 
 
+def _task(e: EndpointSource) -> Task:
+    return "classification" if e.task == "classification" else "regression"
+
+
 def _endpoint_table(e: EndpointSource, cache: Path) -> MoleculeTable:
     if e.dataset is not None:
         return load_dataset(e.dataset, cache_dir=cache)
     assert e.csv is not None
-    task = "classification" if e.task == "classification" else "regression"
     return load_table(e.csv, smiles_column=e.smiles_column, endpoints={e.name: e.value_column},
-                      tasks={e.name: task}, encoding=e.encoding, cache_dir=cache)
+                      tasks={e.name: _task(e)}, encoding=e.encoding, cache_dir=cache)
 
 
 def _labelled(e: EndpointSource, cache: Path, scenario: Scenario
@@ -132,8 +138,7 @@ def build_partner_data(scenario: Scenario, out_dir: Path, *, seed: int,
             pd.DataFrame.from_records(records, columns=["smiles", *names]).to_csv(
                 pdir / f"{kind}.csv", index=False)
         held = tuple(n for n in names if n in rows[k])
-        tasks = {e.name: ("classification" if e.task == "classification" else "regression")
-                 for e in scenario.endpoints if e.name in held}
+        tasks = {e.name: _task(e) for e in scenario.endpoints if e.name in held}
         # what this partner's own loader (participant.data) will report for its file
         intake = load_table(pdir / "train.csv", endpoints={n: n for n in held},
                             tasks=tasks).report.to_dict() if held else {}
