@@ -7,12 +7,13 @@ template that loads as is).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
-import sys
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -23,6 +24,7 @@ from participant.keys import create_member_keys
 from protocols.errors import ConfigError, DeploymentError
 
 if TYPE_CHECKING:
+    from chem.standardize import InvalidRow
     from participant.daemon import SuperNodePlan
     from participant.ledger import PrivacyLedger
 
@@ -225,6 +227,29 @@ def _dropped_rounds(cfg: ParticipantConfig, ledger: PrivacyLedger) -> list[int]:
     return ReceiptStore(cfg.state_dir).dropped_after_submit(own, ledger.spent_rounds())
 
 
+def _require_file(path: Path, flag: str, encoding: str | None) -> None:
+    """Before the model loads: a missing or undecodable input is an argument error."""
+    from chem.tables import check_text
+
+    if not path.is_file():
+        raise ConfigError(flag, "file not found" if not path.exists() else "is not a file",
+                          got=str(path), fix="check the path")
+    check_text(path, encoding=encoding)
+
+
+_ENCODING_HELP = ("Text encoding of CSV/SDF input (default: UTF-8, BOM allowed), e.g. "
+                  "latin-1 or cp1252.")
+
+
+def _print_rows(invalid: Sequence[InvalidRow], summary: str = "") -> None:
+    from chem.tables import report_lines
+
+    for line in report_lines(invalid):
+        typer.echo(line, err=True)
+    if summary:
+        typer.echo(summary, err=True)
+
+
 def _fmt(value: float) -> str:
     return f"{value:.4f}" if math.isfinite(value) else "n/a"
 
@@ -250,12 +275,22 @@ def finetune(
     seed: int = typer.Option(0, "--seed"),
     register_as: str | None = typer.Option(None, "--register-as", help="Local registered "
                                            "model name (default: finetuned-ENDPOINT)."),
+    encoding: str | None = typer.Option(None, "--encoding", help=_ENCODING_HELP),
     config: Path = typer.Option(Path("participant.toml"), "--config", help=_CONFIG_HELP),
 ) -> None:
-    """Fine-tune the federated model on local data; log and register it in the local MLflow."""
+    """Fine-tune the federated model on local data; log and register it in the local MLflow.
+
+    Every rejected row is listed (row number, value, reason); duplicate structures are
+    merged before training (mean, or the majority label; ties are dropped and listed).
+    """
+    for path in data:
+        _require_file(path, "--data", encoding)
     from participant.finetune import FineTuneOptions, run_finetune
 
     cfg = ParticipantConfig.load(config)
+    if not data:
+        for path in cfg.data.files:
+            _require_file(path, "data.files", encoding or cfg.data.encoding)
     t = cfg.training
     options = FineTuneOptions(
         endpoint=endpoint, task=task, mode=mode,  # type: ignore[arg-type]  # validated there
@@ -267,11 +302,10 @@ def finetune(
         import torch
         torch.set_num_threads(t.threads)
     report = run_finetune(cfg, model_ref=model, options=options, files=data, column=column,
-                          register_as=register_as)
+                          register_as=register_as, encoding=encoding)
     o = report.outcome
-    if report.invalid_rows:
-        typer.echo(f"{report.invalid_rows} rows with invalid SMILES were skipped (see the log "
-                   "above for their row numbers)", err=True)
+    if report.data.invalid or report.data.duplicates:
+        _print_rows(report.data.invalid, f"data: {report.data.summary()}")
     typer.echo(f"endpoint {o.endpoint} ({o.task}, {options.mode}): {o.n_train} training, "
                f"{o.n_valid} validation molecules (scaffold split)")
     typer.echo(f"validation {o.metric} before: {_fmt(o.before)} ({o.before_model})")
@@ -292,11 +326,13 @@ def predict(
     input_path: Path = typer.Option(..., "--input", help="Molecules (CSV/Parquet/SDF)."),
     output: Path = typer.Option(..., "--output", help="Predictions (.csv or .parquet)."),
     smiles_column: str = typer.Option("smiles", "--smiles-column"),
+    encoding: str | None = typer.Option(None, "--encoding", help=_ENCODING_HELP),
     config: Path = typer.Option(Path("participant.toml"), "--config", help=_CONFIG_HELP +
                                 " Needed for models:/ and runs:/ URIs (the local MLflow "
                                 "store)."),
 ) -> None:
     """Predict every endpoint for a file of SMILES; invalid rows are reported, never dropped."""
+    _require_file(input_path, "--input", encoding)
     from chem.mlflow_model import load_predictor
     from participant.predict import predict_file
 
@@ -309,10 +345,11 @@ def predict(
                           got=str(config), fix="pass --config /path/to/participant.toml, or "
                           "a folder of predictor files as --model")
     result = predict_file(load_predictor(model, tracking_uri=tracking_uri), input_path, output,
-                          smiles_column=smiles_column)
-    for bad in result.invalid:
-        print(f"{input_path.name} row {bad.row}: {bad.reason} ({bad.smiles!r})", file=sys.stderr)
+                          smiles_column=smiles_column, encoding=encoding)
+    _print_rows([dataclasses.replace(r, file=input_path.name) for r in result.invalid])
     n = len(result.frame)
     typer.echo(f"wrote {output}: {n - len(result.invalid)} of {n} rows predicted"
                + (f"; {len(result.invalid)} invalid (valid = false, reason in `error`)"
-                  if result.invalid else ""))
+                  if result.invalid else "")
+               + (f"; {result.duplicates} rows repeat an earlier row's standardised structure"
+                  if result.duplicates else ""))

@@ -55,6 +55,7 @@ class DataConfig:
     endpoints: tuple[EndpointColumn, ...] = ()
     valid_fraction: float = 0.15
     split_seed: int = 0
+    encoding: str | None = None  # text encoding of CSV/SDF files; None: UTF-8 (BOM allowed)
 
     @property
     def endpoint_names(self) -> tuple[str, ...]:
@@ -236,6 +237,7 @@ def _data(t: Table, endpoint_tables: dict[str, Table], resolve: Any) -> DataConf
         endpoints=tuple(endpoints),
         valid_fraction=t.number("valid-fraction", 0.15, min=0.0, max=0.5, min_exclusive=True),
         split_seed=t.integer("split-seed", 0, min=0),
+        encoding=t.optional_text("encoding"),
     )
     t.finish()
     return cfg

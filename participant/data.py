@@ -23,9 +23,8 @@ import numpy as np
 
 from chem.featurizers import FeaturizationSpec, featurize
 from chem.splits import scaffold_split
-from chem.tables import MoleculeTable, load_table
+from chem.tables import MoleculeTable, TableReport, load_table, report_lines
 from participant.config import ParticipantConfig
-from protocols.errors import DataError
 
 __all__ = ["SiteData", "load_site_data"]
 
@@ -43,7 +42,12 @@ class SiteData:
     x_valid: np.ndarray
     y_valid: np.ndarray
     mask_valid: np.ndarray
-    invalid_rows: int
+    report: TableReport
+
+    @property
+    def invalid_rows(self) -> int:
+        """Rows and label cells that were rejected (reported by :attr:`report`)."""
+        return len(self.report.invalid)
 
     @property
     def n_train(self) -> int:
@@ -56,17 +60,17 @@ class SiteData:
         return {e: int(mask[:, i].sum()) for i, e in enumerate(self.endpoints)}
 
 
-def _load_tables(cfg: ParticipantConfig) -> list[MoleculeTable]:
-    endpoints = {e.endpoint: e.column for e in cfg.data.endpoints}
-    tables = []
-    for path in cfg.data.files:
-        table = load_table(path, smiles_column=cfg.data.smiles_column, endpoints=endpoints,
-                           cache_dir=cfg.state_dir / "feature-cache")
-        for bad in table.report.invalid:
-            log.warning("%s row %d skipped: %s (%r)", Path(path).name, bad.row, bad.reason,
-                        bad.smiles)
-        tables.append(table)
-    return tables
+def load_site_table(cfg: ParticipantConfig) -> MoleculeTable:
+    """The configured files through ``chem.tables``: one row per structure, every row reported."""
+    table = load_table(cfg.data.files, smiles_column=cfg.data.smiles_column,
+                       endpoints={e.endpoint: e.column for e in cfg.data.endpoints},
+                       tasks={e.endpoint: e.task for e in cfg.data.endpoints},
+                       encoding=cfg.data.encoding, cache_dir=cfg.state_dir / "feature-cache")
+    for line in report_lines(table.report.invalid):
+        log.warning("%s", line)
+    if table.report.invalid or table.report.duplicates:
+        log.warning("site data: %s", table.report.summary())
+    return table
 
 
 def _cached_split(smiles: list[str], frac: float, seed: int, cache: Path
@@ -87,17 +91,10 @@ def _cached_split(smiles: list[str], frac: float, seed: int, cache: Path
 
 def load_site_data(cfg: ParticipantConfig, spec: FeaturizationSpec) -> SiteData:
     """Load, featurise (through the cache) and split the site's data."""
-    tables = _load_tables(cfg)
-    smiles = [s for t in tables for s in t.smiles]
-    if not smiles:
-        raise DataError(
-            "no valid molecules in the configured data files",
-            got=[str(p) for p in cfg.data.files],
-            fix="check the SMILES column and the file contents; invalid rows were logged",
-        )
-    labels = np.concatenate([t.labels for t in tables], axis=0).astype(np.float32)
-    mask = np.concatenate([t.mask for t in tables], axis=0).astype(np.float32)
-    invalid = sum(len(t.report.invalid) for t in tables)
+    table = load_site_table(cfg)
+    smiles = list(table.smiles)
+    labels = table.labels.astype(np.float32)
+    mask = table.mask.astype(np.float32)
     x = featurize(smiles, spec, cache_dir=cfg.state_dir / "feature-cache")
     frac = cfg.data.valid_fraction
     train_idx, valid_idx = _cached_split(smiles, frac, cfg.data.split_seed,
@@ -107,5 +104,5 @@ def load_site_data(cfg: ParticipantConfig, spec: FeaturizationSpec) -> SiteData:
         endpoints=cfg.data.endpoint_names,
         x_train=x[train_idx], y_train=labels[train_idx], mask_train=mask[train_idx],
         x_valid=x[valid_idx], y_valid=labels[valid_idx], mask_valid=mask[valid_idx],
-        invalid_rows=invalid,
+        report=table.report,
     )

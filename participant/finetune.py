@@ -40,6 +40,7 @@ from chem.models import (
     predict,
     set_weights,
 )
+from chem.tables import TableReport
 from chem.training import FitResult, Split, fit
 from participant.config import EndpointColumn, ParticipantConfig
 from participant.data import load_site_data
@@ -188,12 +189,17 @@ def adapt(global_model: MultiTaskMLP, train: Split, valid: Split,
 # ---------------------------------------------------------------- shell
 @dataclass(frozen=True, kw_only=True)
 class FineTuneReport:
-    """What :func:`run_finetune` did: the outcome, the run and the locally registered model."""
+    """What :func:`run_finetune` did: the outcome, the run, the registered model, the data."""
 
     outcome: FineTuneOutcome
     run_id: str
     logged: LoggedModel
-    invalid_rows: int
+    data: TableReport
+
+    @property
+    def invalid_rows(self) -> int:
+        """Rows and label cells that were rejected (listed in :attr:`data`)."""
+        return len(self.data.invalid)
 
 
 def _task_for(cfg: ParticipantConfig, options: FineTuneOptions, spec: ModelSpec) -> Task:
@@ -209,20 +215,43 @@ def _task_for(cfg: ParticipantConfig, options: FineTuneOptions, spec: ModelSpec)
 
 
 def load_endpoint_splits(cfg: ParticipantConfig, fspec: FeaturizationSpec, *,
-                         files: Sequence[Path], endpoint: str, column: str, task: Task
-                         ) -> tuple[Split, Split, int]:
+                         files: Sequence[Path], endpoint: str, column: str, task: Task,
+                         encoding: str | None = None) -> tuple[Split, Split, TableReport]:
     """One endpoint's scaffold train/validation splits of ``files`` (the site's own seed)."""
     data_cfg = dataclasses.replace(cfg.data, files=tuple(Path(f).resolve() for f in files),
                                    endpoints=(EndpointColumn(endpoint=endpoint, column=column,
-                                                             task=task),))
+                                                             task=task),),
+                                   encoding=encoding or cfg.data.encoding)
     data = load_site_data(dataclasses.replace(cfg, data=data_cfg), fspec)
     return (Split(data.x_train, data.y_train, data.mask_train),
-            Split(data.x_valid, data.y_valid, data.mask_valid), data.invalid_rows)
+            Split(data.x_valid, data.y_valid, data.mask_valid), data.report)
+
+
+def _check_enough(train: Split, valid: Split, report: TableReport, endpoint: str,
+                  column: str) -> None:
+    """Too few labels, said in terms of the file: duplicates merge into one structure."""
+    n_train, n_valid = int(train.mask[:, 0].sum()), int(valid.mask[:, 0].sum())
+    if n_train >= 2 and n_valid >= 1:
+        return
+    labelled = n_train + n_valid
+    if report.merged.get(endpoint):
+        raise DataError(
+            f"too few distinct structures to fine-tune {endpoint}: the labelled rows of "
+            f"column `{column}` are {labelled} distinct standardised structures after "
+            f"{report.merged[endpoint]} duplicate rows were merged",
+            got={"train": n_train, "valid": n_valid, "data": report.summary()},
+            expected="at least 2 structures for training and 1 for validation",
+            fix="add distinct molecules: repeated measurements of one structure count once "
+                "(docs/threat-model.md, privacy unit)")
+    raise DataError(f"too few labelled molecules to fine-tune {endpoint}",
+                    got={"train": n_train, "valid": n_valid, "data": report.summary()},
+                    expected="at least 2 for training and 1 for validation",
+                    fix=f"check --column (used: `{column}`), or add data")
 
 
 def run_finetune(cfg: ParticipantConfig, *, model_ref: str, options: FineTuneOptions,
                  files: Sequence[Path] = (), column: str | None = None,
-                 register_as: str | None = None,
+                 register_as: str | None = None, encoding: str | None = None,
                  unsafe_allow_remote_tracking: bool = False) -> FineTuneReport:
     """Load the global model and local data, fine-tune, log and register locally."""
     predictor = load_predictor(model_ref, tracking_uri=cfg.tracking_uri_or_default)
@@ -230,9 +259,10 @@ def run_finetune(cfg: ParticipantConfig, *, model_ref: str, options: FineTuneOpt
     task = _task_for(cfg, options, spec)
     configured = {e.endpoint: e.column for e in cfg.data.endpoints}
     column = column or configured.get(options.endpoint, options.endpoint)
-    train, valid, invalid = load_endpoint_splits(
+    train, valid, data = load_endpoint_splits(
         cfg, predictor.featurization_spec, files=files or cfg.data.files,
-        endpoint=options.endpoint, column=column, task=task)
+        endpoint=options.endpoint, column=column, task=task, encoding=encoding)
+    _check_enough(train, valid, data, options.endpoint, column)
     tracker = ParticipantTracker.for_config(
         cfg, unsafe_allow_remote_tracking=unsafe_allow_remote_tracking)
     params = {"base_model": model_ref, "endpoint": options.endpoint, "column": column,
@@ -257,5 +287,4 @@ def run_finetune(cfg: ParticipantConfig, *, model_ref: str, options: FineTuneOpt
                                register_as=register_as or f"finetuned-{options.endpoint}",
                                version_tags={"fedadmet.base_model": model_ref[:200],
                                              "fedadmet.mode": options.mode})
-    return FineTuneReport(outcome=outcome, run_id=run.run_id, logged=logged,
-                          invalid_rows=invalid)
+    return FineTuneReport(outcome=outcome, run_id=run.run_id, logged=logged, data=data)

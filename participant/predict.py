@@ -4,9 +4,13 @@ Every input row comes out, in input order: its 1-based data-row number (the
 convention of ``chem.tables``: row 1 is the first molecule after the header),
 the input columns, one ``predicted_<endpoint>`` column per endpoint (original
 units; probabilities for classification), ``valid`` and ``error``. A row whose
-SMILES is missing or cannot be standardised or featurised gets empty
-predictions, ``valid = False`` and the reason: it is reported, never dropped,
-and it never stops the other rows.
+SMILES is missing, too long, or cannot be standardised or featurised gets
+empty predictions, ``valid = False`` and the reason: it is reported (as a
+:class:`chem.standardize.InvalidRow`, the type every loader reports with),
+never dropped, and it never stops the other rows. The file is read by
+:func:`chem.tables.read_frame` (UTF-8 unless ``encoding`` says otherwise).
+Rows are not merged: a prediction is made per input row, and ``duplicates``
+counts the rows whose standardised structure repeats an earlier row's.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from pathlib import Path
 import pandas as pd
 
 from chem.mlflow_model import Predictor
+from chem.standardize import InvalidRow, standardize_many
 from chem.tables import read_frame
 from protocols.errors import DataError, MissingColumnError
 
-__all__ = ["InvalidMolecule", "Predictions", "predict_file", "predict_frame"]
+__all__ = ["Predictions", "predict_file", "predict_frame"]
 
 PREFIX = "predicted_"
 ROW, VALID, ERROR = "row", "valid", "error"
@@ -30,20 +35,12 @@ _CHUNK = 20_000  # rows featurised at once: bounds memory on large files
 
 
 @dataclass(frozen=True, kw_only=True)
-class InvalidMolecule:
-    """An input row that got no prediction, and why."""
-
-    row: int
-    smiles: str
-    reason: str
-
-
-@dataclass(frozen=True, kw_only=True)
 class Predictions:
     """The output table and the rows it could not predict."""
 
     frame: pd.DataFrame
-    invalid: tuple[InvalidMolecule, ...]
+    invalid: tuple[InvalidRow, ...]
+    duplicates: int = 0
 
 
 def _cell(value: object) -> object:
@@ -64,7 +61,15 @@ def predict_frame(predictor: Predictor, frame: pd.DataFrame, *,
                         expected=f"no input column named {', '.join(outputs)}",
                         fix="rename those columns in the input file")
     cells = [_cell(v) for v in frame[smiles_column].tolist()]
-    parts = [predictor.predict(cells[i:i + _CHUNK]) for i in range(0, len(cells), _CHUNK)]
+    parts: list[pd.DataFrame] = []
+    seen: set[str] = set()
+    repeats = 0
+    for i in range(0, len(cells), _CHUNK):
+        parts.append(predictor.predict(cells[i:i + _CHUNK]))
+        # standardise_smiles memoises, so this second look at the chunk costs little
+        std = standardize_many(cells[i:i + _CHUNK]).smiles
+        repeats += len(std) - len(set(std) - seen)
+        seen.update(std)
     got = (pd.concat(parts, ignore_index=True) if parts
            else predictor.predict([]))
     out = frame.reset_index(drop=True).copy()
@@ -74,20 +79,22 @@ def predict_frame(predictor: Predictor, frame: pd.DataFrame, *,
     out[VALID] = got["valid"].to_numpy()
     out[ERROR] = got["error"].to_numpy()
     invalid = tuple(
-        InvalidMolecule(row=int(r), smiles="" if c is None else str(c), reason=str(why))
+        InvalidRow(row=int(r), value="" if c is None else str(c), reason=str(why),
+                   column=smiles_column)
         for r, c, ok, why in zip(out[ROW], cells, out[VALID], out[ERROR], strict=True)
         if not ok)
-    return Predictions(frame=out, invalid=invalid)
+    return Predictions(frame=out, invalid=invalid, duplicates=repeats)
 
 
 def predict_file(predictor: Predictor, input_path: Path, output_path: Path, *,
-                 smiles_column: str = "smiles") -> Predictions:
+                 smiles_column: str = "smiles", encoding: str | None = None) -> Predictions:
     """Read a CSV/Parquet/SDF file, predict, and write CSV or Parquet atomically."""
     suffix = output_path.suffix.lower()
     if suffix not in (".csv", ".parquet", ".pq"):
         raise DataError("unsupported output file type", got=str(output_path),
                         expected=".csv | .parquet")
-    result = predict_frame(predictor, read_frame(Path(input_path)), smiles_column=smiles_column)
+    result = predict_frame(predictor, read_frame(Path(input_path), encoding=encoding),
+                           smiles_column=smiles_column)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
     try:

@@ -18,6 +18,7 @@ from protocols.errors import ConfigError
 
 if TYPE_CHECKING:
     from simulations.baseline import BaselineResult
+    from simulations.scenario import Scenario
 
 __all__ = ["register"]
 
@@ -105,6 +106,9 @@ def simulate(
     hidden_dims: str | None = typer.Option(None, help="Override the trunk, e.g. 512,128."),
     output: Path | None = typer.Option(None, help="Output directory (default runs/<scenario>)."),
     cache_dir: Path = typer.Option(Path(".fedadmet-cache"), help="Feature cache directory."),
+    check_data: bool = typer.Option(False, "--check-data", help="Only load and partition the "
+                                    "data: print the input-data report and write it to "
+                                    "data-report.json, without federating."),
 ) -> None:
     """Run a scenario: the production apps in Flower's simulation engine, plus the report."""
     from simulations.baseline import parse_seeds
@@ -120,6 +124,9 @@ def simulate(
         hidden_dims=_hidden_dims(hidden_dims) if hidden_dims else None)
     out = output or Path("runs") / sc.name
     console = Console()
+    if check_data:
+        _check_data(sc, out, cache_dir, console)
+        return
     runs = sc.sweep()
     eps_text = (", ".join(r.private_label for r in runs) if len(runs) > 1 else
                 sc.private_label)
@@ -159,6 +166,22 @@ def simulate(
                   f"with `fedadmet audit verify {results[0]['seeds'][0]['receipts_dir']} "
                   f"--coordinator-key {out / f'seed-{sc.seeds[0]}' / 'coordinator' / 'keys'}"
                   "/receipt-signing.pub`")
+
+
+def _check_data(sc: Scenario, out: Path, cache: Path, console: Console) -> None:
+    """Every seed's partner data, and the report on it, without a federation."""
+    from simulations.partners import build_partner_data
+    from simulations.report import data_lines
+    from simulations.runner import data_report
+
+    seeds = [{"seed": seed, "data": data_report(
+        sc, build_partner_data(sc, out / f"seed-{seed}", seed=seed, cache=cache), cache)}
+        for seed in sc.seeds]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "data-report.json").write_text(json.dumps({"seeds": seeds}, indent=2) + "\n",
+                                          encoding="utf-8")
+    console.print("\n".join(data_lines({"seeds": seeds})), markup=False, highlight=False)
+    console.print(f"data report: {out / 'data-report.json'}", markup=False)
 
 
 def _hidden_dims(text: str) -> tuple[int, ...]:

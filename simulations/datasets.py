@@ -95,4 +95,4 @@ def load_dataset(name: str, *, cache_dir: Path | None = None,
     ds = dataset(name)
     verified = verify(ds, path)
     return load_table(verified, smiles_column="smiles", endpoints={ds.endpoint: "target"},
-                      cache_dir=cache_dir)
+                      tasks={ds.endpoint: ds.task}, cache_dir=cache_dir)

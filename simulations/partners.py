@@ -8,23 +8,34 @@ daemon sees, written as ``train.csv``) and its own held-out test set
 (``test.csv``, used only by the report). Rows stay per endpoint (NaN in other
 endpoint columns) rather than merged by molecule, so no partner is given a
 label it would not hold.
+
+Every source goes through ``chem.tables.load_table``, the loader a site uses:
+rejected rows and label cells, and merged duplicate structures, are in
+:func:`source_reports`; each partner's :attr:`PartnerData.intake` is what
+its own loader reports for its ``train.csv``. Both go into ``results.json``
+and the report.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from chem.partition import quantity_skew_partition, scaffold_dirichlet_partition
 from chem.splits import scaffold_split
-from chem.tables import load_table
+from chem.tables import MoleculeTable, load_table
+from protocols.errors import DataError
 from simulations.datasets import load_dataset
 from simulations.scenario import EndpointSource, Scenario
 
-__all__ = ["PartnerData", "build_partner_data"]
+if TYPE_CHECKING:
+    from chem.models import Task
+
+__all__ = ["PartnerData", "build_partner_data", "source_reports"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,17 +47,49 @@ class PartnerData:
     test_csv: Path
     endpoints: tuple[str, ...]
     counts: dict[str, tuple[int, int]]  # endpoint -> (train, test)
+    intake: dict[str, Any] = field(default_factory=dict)  # its loader's TableReport.to_dict()
 
 
-def _endpoint_table(e: EndpointSource, cache: Path) -> tuple[list[str], np.ndarray]:
+def _task(e: EndpointSource) -> Task:
+    return "classification" if e.task == "classification" else "regression"
+
+
+def _endpoint_table(e: EndpointSource, cache: Path) -> MoleculeTable:
     if e.dataset is not None:
-        table = load_dataset(e.dataset, cache_dir=cache)
-    else:
-        assert e.csv is not None
-        table = load_table(e.csv, smiles_column=e.smiles_column,
-                           endpoints={e.name: e.value_column}, cache_dir=cache)
+        return load_dataset(e.dataset, cache_dir=cache)
+    assert e.csv is not None
+    return load_table(e.csv, smiles_column=e.smiles_column, endpoints={e.name: e.value_column},
+                      tasks={e.name: _task(e)}, encoding=e.encoding, cache_dir=cache)
+
+
+def _labelled(e: EndpointSource, cache: Path, scenario: Scenario
+              ) -> tuple[list[str], np.ndarray]:
+    table = _endpoint_table(e, cache)
     keep = table.mask[:, 0] > 0
-    return [s for s, k in zip(table.smiles, keep, strict=True) if k], table.labels[keep, 0]
+    smiles = [s for s, k in zip(table.smiles, keep, strict=True) if k]
+    need = scenario.partners * scenario.min_partner_size
+    if e.private_to is None and len(smiles) < need:
+        merged = table.report.merged.get(e.name, 0)
+        raise DataError(
+            f"endpoint {e.name} has {len(smiles)} distinct labelled structures"
+            + (f" ({merged} duplicate rows were merged into them)" if merged else "")
+            + f": too few for {scenario.partners} partners of at least "
+              f"{scenario.min_partner_size}", got=table.report.summary(),
+            expected=f">= {need} distinct labelled structures",
+            fix="add distinct molecules, or lower `partners` or `min-partner-size`")
+    return smiles, table.labels[keep, 0]
+
+
+def source_reports(scenario: Scenario, cache: Path) -> dict[str, dict[str, Any]]:
+    """Per endpoint: its source, who holds it, and its loader report (rows read ... merged)."""
+    out = {}
+    for e in scenario.endpoints:
+        table = _endpoint_table(e, cache)
+        out[e.name] = {"source": e.dataset or str(e.csv),
+                       "held_by": ("all partners" if e.private_to is None
+                                   else f"partner-{e.private_to}"),
+                       **table.report.to_dict()}
+    return out
 
 
 def build_partner_data(scenario: Scenario, out_dir: Path, *, seed: int,
@@ -56,7 +99,7 @@ def build_partner_data(scenario: Scenario, out_dir: Path, *, seed: int,
     tests: list[dict[str, list[tuple[str, float]]]] = [{} for _ in range(scenario.partners)]
     rng = np.random.default_rng(seed)
     for e in scenario.endpoints:
-        smiles, y = _endpoint_table(e, cache)
+        smiles, y = _labelled(e, cache, scenario)
         if e.max_molecules and len(smiles) > e.max_molecules:
             pick = np.sort(rng.choice(len(smiles), e.max_molecules, replace=False))
             smiles, y = [smiles[i] for i in pick], y[pick]
@@ -95,7 +138,12 @@ def build_partner_data(scenario: Scenario, out_dir: Path, *, seed: int,
             pd.DataFrame.from_records(records, columns=["smiles", *names]).to_csv(
                 pdir / f"{kind}.csv", index=False)
         held = tuple(n for n in names if n in rows[k])
+        tasks = {e.name: _task(e) for e in scenario.endpoints if e.name in held}
+        # what this partner's own loader (participant.data) will report for its file
+        intake = load_table(pdir / "train.csv", endpoints={n: n for n in held},
+                            tasks=tasks).report.to_dict() if held else {}
         partners.append(PartnerData(
             index=k, train_csv=pdir / "train.csv", test_csv=pdir / "test.csv", endpoints=held,
-            counts={n: (len(rows[k].get(n, [])), len(tests[k].get(n, []))) for n in held}))
+            counts={n: (len(rows[k].get(n, [])), len(tests[k].get(n, []))) for n in held},
+            intake=intake))
     return partners

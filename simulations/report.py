@@ -13,6 +13,14 @@ Results-dict schema (what ``simulations.runner.run_scenario`` returns)::
       "seconds": float,                        # wall time, all seeds
       "seeds": [{
         "seed": int,
+        "data": {                              # simulations.runner.data_report
+          "endpoints": {name: {source, held_by, files, rows_read, standardised, rejected,
+                               reasons {reason: n}, structures, duplicates_merged
+                               {endpoint: n}, invalid_rows [{file, row, column, value,
+                               reason}] (the first 20), invalid_rows_not_shown}},
+          "partners": [{partner, train_csv, counts {endpoint: {train, test}},
+                        rows_read, standardised, rejected, reasons, ...}],
+        },
         "config_digest": str,                  # the coordinator's federation config digest
         "seconds": float,                      # wall time of this seed's federation
         "rounds": [RoundSummary.__dict__],     # round, evaluate {endpoint metric: value},
@@ -48,7 +56,7 @@ import numpy as np
 from chem.metrics import HIGHER_IS_BETTER
 from simulations.comparisons import MIN_GAP, gap_closed
 
-__all__ = ["ARMS", "summarise", "write_report", "write_sweep_report"]
+__all__ = ["ARMS", "data_lines", "summarise", "write_report", "write_sweep_report"]
 
 ARMS = ("local-only", "federated", "federated+finetune", "pooled", "mean-predictor")
 
@@ -221,6 +229,45 @@ def _comparison_lines(results: dict[str, Any], rows: list[dict[str, Any]]) -> li
     return lines
 
 
+def data_lines(results: dict[str, Any]) -> list[str]:
+    """The input-data section: every source's rows and each partner's, from ``chem.tables``."""
+    from chem.standardize import InvalidRow
+
+    runs = [s for s in results["seeds"] if s.get("data")]
+    if not runs:
+        return []
+    lines = ["## Input data", "",
+             "Every file goes through the loader a site uses (`chem.tables`): rows whose SMILES "
+             "or label cannot be used are rejected and listed, and duplicate standardised "
+             "structures are merged per endpoint (mean; majority label, ties dropped).", "",
+             "| endpoint | source | held by | rows read | standardised | rejected rows | "
+             "rejected label cells | duplicate rows merged | distinct structures |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    endpoints = runs[0]["data"]["endpoints"]
+    for name, d in endpoints.items():
+        cells = sum(d["reasons"].values()) - d["rejected"]
+        lines.append(f"| {name} | {Path(d['source']).name} | {d['held_by']} | "
+                     f"{d['rows_read']} | {d['standardised']} | {d['rejected']} | {cells} | "
+                     f"{sum(d['duplicates_merged'].values())} | {d['structures']} |")
+    for name, d in endpoints.items():
+        if d["reasons"]:
+            lines += ["", f"Rejected in {name}: " + "; ".join(
+                f"{why}: {n}" for why, n in d["reasons"].items()) + "."]
+            lines += [f"- {InvalidRow(**r).describe()}" for r in d["invalid_rows"]]
+            if d["invalid_rows_not_shown"]:
+                lines.append(f"- ... and {d['invalid_rows_not_shown']} more (all counted above)")
+    lines += ["", "Each partner's training file, as its own loader reads it:", "",
+              "| seed | partner | rows read | standardised | rejected | duplicate rows merged | "
+              "train / test per endpoint |", "|---|---|---|---|---|---|---|"]
+    for run in runs:
+        for p in run["data"]["partners"]:
+            counts = ", ".join(f"{e} {c['train']} / {c['test']}" for e, c in p["counts"].items())
+            lines.append(f"| {run['seed']} | {p['partner']} | {p.get('rows_read', 0)} | "
+                         f"{p.get('standardised', 0)} | {p.get('rejected', 0)} | "
+                         f"{sum(p.get('duplicates_merged', {}).values())} | {counts} |")
+    return lines
+
+
 def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
     """Write results.json, report.md, report.html and the plots into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -256,6 +303,7 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
              "(mean ± std across seeds).", ""]
     table_at = len(lines)
     lines += _comparison_lines(results, rows)
+    lines += ["", *data_lines(results)]
     lines += ["", "Privacy spent per partner (final claimed cumulative ε, from the receipts):", ""]
     for seed_run in results["seeds"]:
         eps = seed_run["epsilon"]

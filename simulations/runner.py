@@ -28,7 +28,7 @@ from coordinator.members import MemberRecord, save_members
 from participant.client_app import PartitionConfigs, make_client_app
 from protocols.signing import Ed25519PrivateKey, private_key_pem, public_key_pem
 from simulations.datasets import load_dataset
-from simulations.partners import PartnerData, build_partner_data
+from simulations.partners import PartnerData, build_partner_data, source_reports
 from simulations.scenario import Scenario
 
 __all__ = ["SeedRun", "run_seed"]
@@ -183,6 +183,15 @@ def run_seed(run: SeedRun, *, on_round: Any = None, on_reply: Any = None) -> See
     return run
 
 
+def data_report(scenario: Scenario, partners: list[PartnerData], cache: Path
+                ) -> dict[str, Any]:
+    """Every source's rows (read, standardised, rejected and why, merged) and each partner's."""
+    return {"endpoints": source_reports(scenario, cache),
+            "partners": [{"partner": p.index, "train_csv": str(p.train_csv),
+                          "counts": {e: {"train": n, "test": m} for e, (n, m) in
+                                     p.counts.items()}, **p.intake} for p in partners]}
+
+
 def run_scenario(scenario: Scenario, out_dir: Path, *, cache: Path,
                  progress: Any = None, on_reply: Any = None) -> dict[str, Any]:
     """All seeds: federate, compare the four arms, and return the results dict."""
@@ -221,7 +230,8 @@ def run_scenario(scenario: Scenario, out_dir: Path, *, cache: Path,
                 global_weights=weights, private_heads=heads, featurizer=scenario.featurizer,
                 cache=cache, seed=seed)
             comparisons = [r.__dict__ for r in rows]
-        seeds.append({"seed": seed, "rounds": run.rounds, "seconds": run.seconds,
+        seeds.append({"seed": seed, "data": data_report(scenario, run.partners, cache),
+                      "rounds": run.rounds, "seconds": run.seconds,
                       "comparisons": comparisons, "epsilon": eps,
                       "receipt_chain_head": receipt_hash(last), "receipts_dir": str(
                           state / "receipts"),

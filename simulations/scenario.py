@@ -37,6 +37,7 @@ class EndpointSource:
     task: str = "regression"
     private_to: int | None = None  # partner index for a private endpoint
     max_molecules: int | None = None
+    encoding: str | None = None  # text encoding of ``csv``; None: UTF-8 (BOM allowed)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,8 +105,9 @@ class Scenario:
         d = asdict(self)
         d["epsilon"] = "inf" if math.isinf(self.epsilon) else self.epsilon
         d["epsilon_sweep"] = ["inf" if math.isinf(e) else e for e in self.epsilon_sweep]
-        d["endpoints"] = [{k: (str(v) if isinstance(v, Path) else v) for k, v in e.items()}
-                          for e in d["endpoints"]]
+        # an unset encoding is left out, so scenarios written before it keep their digest
+        d["endpoints"] = [{k: (str(v) if isinstance(v, Path) else v) for k, v in e.items()
+                           if not (k == "encoding" and v is None)} for e in d["endpoints"]]
         return d
 
     def digest(self) -> str:
@@ -173,6 +175,9 @@ def load_scenario(path: str | Path | None = None) -> Scenario:
         csv = et.optional_text("csv")
         if (dataset is None) == (csv is None):
             raise et.error("dataset", "give exactly one of `dataset` or `csv`")
+        if csv is not None and not (path.parent / csv).is_file():
+            raise et.error("csv", "file not found", got=str((path.parent / csv).resolve()),
+                           fix="a path relative to the scenario file's folder")
         if dataset is not None and dataset not in DATASETS:
             raise et.error("dataset", "unknown dataset", got=dataset,
                            expected=" | ".join(DATASETS))
@@ -186,7 +191,8 @@ def load_scenario(path: str | Path | None = None) -> Scenario:
             smiles_column=et.text("smiles-column", "smiles"),
             value_column=et.text("value-column", "target"), task=task,
             private_to=et.integer("private-to", -1, min=-1) if et.has("private-to") else None,
-            max_molecules=et.integer("max-molecules", 0, min=0) or None))
+            max_molecules=et.integer("max-molecules", 0, min=0) or None,
+            encoding=et.optional_text("encoding")))
         et.finish()
     s = Scenario(
         name=t.text("name", path.stem),

@@ -61,6 +61,6 @@ def test_ten_percent_garbage_is_reported_by_row_and_the_rest_goes_on() -> None:
     column: list[object] = [*DRUGS[:18], GARBAGE[0], None]
     report = standardize_many(column)
     assert len(report.valid) == 18
-    assert [(r.row, r.smiles) for r in report.invalid] == [(19, "C1CC"), (20, "")]
+    assert [(r.row, r.value) for r in report.invalid] == [(19, "C1CC"), (20, "")]
     assert {r.reason for r in report.invalid} == {"unparsable SMILES", "missing SMILES"}
     assert report.rows == list(range(1, 19))

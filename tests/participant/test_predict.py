@@ -39,7 +39,7 @@ def test_invalid_rows_are_reported_with_row_numbers_and_never_dropped(
     assert len(out) == 7 and list(out["row"]) == list(range(1, 8))
     assert list(out["compound_id"]) == [f"X{i}" for i in range(1, 8)]
     assert [b.row for b in result.invalid] == [2, 4, 5]
-    assert result.invalid[0].smiles == "not a molecule"
+    assert result.invalid[0].value == "not a molecule"
     assert result.invalid[1].reason == "missing SMILES"
     assert all(b.reason for b in result.invalid)
     bad = out["row"].isin([2, 4, 5])

@@ -49,7 +49,17 @@ def test_unknown_dataset_lists_the_known_ones() -> None:
     assert "lipophilicity" in str(err.value)
 
 
-def test_aqsoldb_reports_its_two_unparsable_rows() -> None:
+def test_aqsoldb_reports_its_two_unparsable_rows_and_merges_its_salt_duplicates() -> None:
     table = load_dataset("solubility_aqsoldb")
-    assert [r.row for r in table.report.invalid] == [4793, 5044]
-    assert len(table) == 9980
+    assert [(r.row, r.reason) for r in table.report.invalid] == [
+        (4793, "unparsable SMILES"), (5044, "unparsable SMILES")]
+    assert table.report.standardised == 9980
+    # 526 rows are another salt or spelling of an earlier structure: one record each
+    assert table.report.merged == {"solubility_aqsoldb": 526} and len(table) == 9454
+
+
+def test_bbbp_ties_between_duplicate_labels_are_dropped_and_reported() -> None:
+    table = load_dataset("bbb")
+    reasons = {r.reason for r in table.report.invalid}
+    assert reasons == {"conflicting duplicate labels (tie): dropped"}
+    assert len(table.report.invalid) == 11 and int(table.mask.sum()) == len(table) - 11

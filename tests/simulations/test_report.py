@@ -146,3 +146,28 @@ def test_gap_of_seed_means_is_robust_to_one_noisy_seed() -> None:
     assert max(row0["gap_closed"]) > 10  # (0.71-0.91)/(0.895-0.91)
     # seed means: local 0.905, fine-tune 0.705, pooled 0.7475
     assert math.isclose(row0["gap_closed_of_means"], 0.2 / 0.1575)
+
+
+def test_report_lists_every_sources_rows_and_each_partners(tmp_path: Path) -> None:
+    results = _results()
+    invalid = [{"file": "assays.csv", "row": 7, "column": "logS", "value": "inf",
+                "reason": "label is not finite"}]
+    results["seeds"][0]["data"] = {
+        "endpoints": {"lipophilicity": {
+            "source": "/data/assays.csv", "held_by": "all partners", "files": [],
+            "rows_read": 120, "standardised": 117, "rejected": 3,
+            "reasons": {"unparsable SMILES": 3, "label is not finite": 1},
+            "structures": 110, "duplicates_merged": {"lipophilicity": 7},
+            "invalid_rows": invalid, "invalid_rows_not_shown": 3}},
+        "partners": [{"partner": 0, "train_csv": "t.csv", "rows_read": 50,
+                      "standardised": 50, "rejected": 0, "duplicates_merged": {},
+                      "counts": {"lipophilicity": {"train": 50, "test": 12}}}]}
+    write_report(results, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Input data" in md
+    assert "| lipophilicity | assays.csv | all partners | 120 | 117 | 3 | 1 | 7 | 110 |" in md
+    assert "- assays.csv row 7: label is not finite (logS = 'inf')" in md
+    assert "- ... and 3 more (all counted above)" in md
+    assert "| 0 | 0 | 50 | 50 | 0 | 0 | lipophilicity 50 / 12 |" in md
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["seeds"][0]["data"]["endpoints"]["lipophilicity"]["rejected"] == 3

