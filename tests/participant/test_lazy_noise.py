@@ -14,6 +14,7 @@ from torch import nn
 import participant.dp_sgd as dp_sgd
 from chem.models import EndpointSpec, ModelSpec, build_model, masked_loss
 from chem.sparse_rows import SparseBatch, SparseRows
+from participant.dp_random import DPRandom
 from participant.dp_sgd import DPTrainingResult, dp_train
 from participant.lazy_noise import LazyColumnNoise, plain_sgd_group
 
@@ -60,7 +61,7 @@ class _Case:
               **dp: Any) -> DPTrainingResult:
         return dp_train(model, self.n, lambda pred, idx: masked_loss(
             pred, self.y[idx], self.mask[idx], self.spec, reduction="none"),
-            inputs, generator=torch.Generator().manual_seed(seed), **dp)
+            inputs, unsafe_seed=seed, **dp)
 
 
 @pytest.mark.parametrize("helper", [False, True])
@@ -76,7 +77,7 @@ def test_each_read_sees_exactly_the_noise_owed_since_the_last_one(helper: bool) 
     last_value = torch.zeros(n_in, out)
     owed_since = np.zeros(n_in)
     standardized: list[torch.Tensor] = []
-    with LazyColumnNoise(weight, std=std, lr=lrs[0], generator=torch.Generator().manual_seed(3),
+    with LazyColumnNoise(weight, std=std, lr=lrs[0], rng=DPRandom(unsafe_seed=3),
                          helper=helper) as owed:
         for t in range(steps):
             # dp_train's order: the next batch's columns are prepared before this
@@ -124,7 +125,7 @@ def test_a_changed_learning_rate_is_still_owed_exactly() -> None:
 
     dp_train(nn.Sequential(layer), n, loss, SparseRows.from_dense(x).gather,
              noise_multiplier=sigma, max_grad_norm=clip, sample_rate=q, steps=30,
-             optimizer=opt, generator=torch.Generator().manual_seed(5))
+             optimizer=opt, unsafe_seed=5)
     assert len(lrs) == 30 and len(set(lrs)) == 30
     std = sigma * clip / round(q * n)
     expected = std * np.sqrt(sum(lr * lr for lr in lrs))
@@ -227,7 +228,7 @@ def test_noise_still_owed_is_added_when_a_step_raises() -> None:
         dp_train(nn.Sequential(layer), n, loss, SparseRows.from_dense(x).gather,
                  noise_multiplier=sigma, max_grad_norm=clip, sample_rate=q, steps=30,
                  optimizer=torch.optim.SGD(layer.parameters(), lr=1.0),
-                 generator=torch.Generator().manual_seed(6))
+                 unsafe_seed=6)
     expected = sigma * clip / round(q * n) * np.sqrt(fail_at - 1)
     z = (layer.weight.detach().flatten() / expected).numpy()
     assert abs(z.std() - 1.0) < 0.03
