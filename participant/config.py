@@ -64,7 +64,7 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class LocalTrainingConfig:
-    """Local options: fine-tuning, and how DP draws are made; the DP plan comes from the coordinator."""
+    """Local options (fine-tuning, DP draws); the DP plan itself comes from the coordinator."""
 
     finetune_epochs: int = 100
     finetune_patience: int = 10

@@ -35,8 +35,13 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-__all__ = ["MT_STATE_WORDS", "CsprngStream", "DPRandom", "mt_state_words",
-           "is_integer_seeded"]
+__all__ = [
+    "MT_STATE_WORDS",
+    "CsprngStream",
+    "DPRandom",
+    "is_integer_seeded",
+    "mt_state_words",
+]
 
 log = logging.getLogger(__name__)
 

@@ -225,21 +225,22 @@ class Site:
         def committed(federation_id: str, round: int) -> bool:
             return ledger.find(federation_id, round) is not None
 
-        # Heads a crash left pending: kept if their round's spend was committed.
-        self.heads.settle(committed)
         stored = self.outbox.get(ins.round, base_model_digest=global_digest)
         if stored is not None:
             p = stored.payload
             ledger.commit(federation_id=ins.federation_id, round=ins.round,
                           noise_multiplier=p["noise_multiplier"], sample_rate=p["sample_rate"],
                           steps=p["steps"])
-            self.heads.settle(committed)
+            self.heads.settle(committed)  # heads a crash left pending for this round
             log.info("round %d already released; resending the stored update", ins.round)
             return TrainResult(UpdateSubmission.from_dict(p["submission"]), stored.delta,
                                p["metrics"], None)
         if ledger.find(ins.federation_id, ins.round) is not None:
             return self._refusal(ins, "round-replay", "this round was already released for "
                                  "another global model")
+        # Heads a crash left pending: kept if their round's spend was committed, else
+        # discarded before this round loads them.
+        self.heads.settle(committed)
         try:
             data = load_site_data(self.cfg, fspec)
         except DataError as exc:

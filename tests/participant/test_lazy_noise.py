@@ -17,6 +17,7 @@ from chem.sparse_rows import SparseBatch, SparseRows
 from participant.dp_random import DPRandom
 from participant.dp_sgd import DPTrainingResult, dp_train
 from participant.lazy_noise import LazyColumnNoise, plain_sgd_group
+from protocols.errors import ConfigError
 
 
 @pytest.fixture
@@ -261,3 +262,31 @@ def test_only_plain_sgd_may_owe_noise(make: object) -> None:
     plain = torch.optim.SGD(layer.parameters(), lr=0.1)
     assert plain_sgd_group(plain, layer.weight) is plain.param_groups[0]
     assert plain_sgd_group(plain, nn.Parameter(torch.zeros(1))) is None
+
+
+@pytest.mark.parametrize("stale", [30.0, 0.0])
+def test_stale_gradient_on_a_lazily_noised_weight_is_never_applied(
+        stale: float, made: list[LazyColumnNoise]) -> None:
+    """A ``.grad`` left on a weight whose noise is owed was applied by ``optimizer.step()``
+    at every step, unclipped and without noise (a measured shift of 30 in one weight)."""
+    n, d_in = 200, 64
+    x = _fingerprints(n, d_in, 2, seed=3).float()
+    layer = nn.Linear(d_in, 8)
+    nn.init.zeros_(layer.weight)
+    layer.weight.grad = torch.zeros_like(layer.weight)
+    layer.weight.grad[0, 0] = stale  # e.g. from an earlier backward on the same model
+
+    def train() -> None:
+        dp_train(nn.Sequential(layer), n, lambda pred, idx: pred.sum(dim=1) * 0.0,
+                 SparseRows.from_dense(x).gather, noise_multiplier=0.0, max_grad_norm=1.0,
+                 sample_rate=0.05, steps=5, optimizer=torch.optim.SGD(layer.parameters(),
+                                                                      lr=1.0))
+
+    if stale:
+        with pytest.raises(ConfigError, match="already holds a gradient"):
+            train()
+        assert not made  # refused before any step
+    else:
+        train()  # a zeroed gradient is harmless: cleared, then trained as usual
+        assert made, "the weight should have owed its noise (the case under test)"
+    assert torch.count_nonzero(layer.weight.detach()) == 0  # no noise, no gradient: no move

@@ -32,6 +32,9 @@ BOUNDARIES = ("after-training", "after-pending-heads", "after-outbox", "after-le
               "after-heads-promote")
 
 
+ROUNDS = 5
+
+
 class Killed(BaseException):
     """Stands in for the process dying: no ``except Exception`` handler sees it."""
 
@@ -71,7 +74,7 @@ def _raise() -> None:
 
 
 def _train(kit: SiteKit, round: int) -> Any:
-    result = Site(kit.config).train(kit.instruction(round=round, rounds=4),
+    result = Site(kit.config).train(kit.instruction(round=round, rounds=ROUNDS),
                                     kit.global_weights)
     assert result.refusal is None, result.refusal
     return result
@@ -97,17 +100,17 @@ def kit(tmp_path: Path) -> Iterator[SiteKit]:
     yield kit
 
 
-def _crash_round_two(kit: SiteKit, boundary: str, how: str,
-                     monkeypatch: pytest.MonkeyPatch) -> None:
+def _crash_round(kit: SiteKit, round: int, boundary: str, how: str,
+                 monkeypatch: pytest.MonkeyPatch) -> None:
     if how == "raise":
         with monkeypatch.context() as m:
             _arm(boundary, m, _raise)
             with pytest.raises(Killed):
-                _train(kit, 2)
+                _train(kit, round)
         return
     np.savez(kit.root / "global.npz", **kit.global_weights)
     (kit.root / "instruction.json").write_text(json.dumps(
-        kit.instruction(round=2, rounds=4).to_dict()))
+        kit.instruction(round=round, rounds=ROUNDS).to_dict()))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run([sys.executable, "-c", CHILD, str(kit.root), boundary], env=env,
                           capture_output=True, timeout=300)
@@ -134,35 +137,39 @@ sys.exit(3)  # not killed: the boundary was never reached
 """
 
 
-def _check_after_crash(kit: SiteKit, boundary: str, then: str) -> None:
-    counted = _agree(kit, sent={1})
-    assert counted == ({1, 2} if boundary in ("after-ledger-commit", "after-heads-promote")
-                       else {1})
+def _crash_then(kit: SiteKit, *, round: int, boundary: str, how: str, then: str,
+                monkeypatch: pytest.MonkeyPatch, sent: set[int]) -> set[int]:
+    """Crash ``round`` at ``boundary``, then retry it or move on; returns the rounds sent."""
+    _crash_round(kit, round, boundary, how, monkeypatch)
+    committed_by_crash = boundary in ("after-ledger-commit", "after-heads-promote")
+    assert _agree(kit, sent=sent) == sent | ({round} if committed_by_crash else set())
     if then == "retry":
-        _train(kit, 2)  # resends the stored update (or trains afresh), counts it once
-        assert _agree(kit, sent={1, 2}) == {1, 2}
-    _train(kit, 3)
-    sent = {1, 2, 3} if then == "retry" else {1, 3}
+        _train(kit, round)  # resends the stored update (or trains afresh), counts it once
+        sent = sent | {round}
+    else:
+        _train(kit, round + 1)
+        sent = sent | {round + 1}
     counted = _agree(kit, sent=sent)
-    lineage = [r for _, r in PrivateHeadStore(kit.config.state_dir).lineage()]
     # Settled: the heads were trained by exactly the rounds whose spend is counted.
-    assert lineage == sorted(counted)
+    assert [r for _, r in PrivateHeadStore(kit.config.state_dir).lineage()] == sorted(counted)
+    return sent
 
 
-@pytest.mark.parametrize("then", ["retry", "move-on"])
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 def test_crash_between_heads_and_ledger_never_trains_from_uncounted_heads(
-        kit: SiteKit, boundary: str, then: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    _crash_round_two(kit, boundary, "raise", monkeypatch)
-    _check_after_crash(kit, boundary, then)
+        kit: SiteKit, boundary: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent = _crash_then(kit, round=2, boundary=boundary, how="raise", then="move-on",
+                       monkeypatch=monkeypatch, sent={1})
+    _crash_then(kit, round=4, boundary=boundary, how="raise", then="retry",
+                monkeypatch=monkeypatch, sent=sent)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 def test_sigkill_at_each_train_boundary_keeps_ledger_outbox_and_heads_agreeing(
         kit: SiteKit, boundary: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    _crash_round_two(kit, boundary, "kill", monkeypatch)
-    _check_after_crash(kit, boundary, "move-on")
+    _crash_then(kit, round=2, boundary=boundary, how="kill", then="move-on",
+                monkeypatch=monkeypatch, sent={1})
 
 
 def test_the_old_order_is_caught_by_these_checks(kit: SiteKit,
