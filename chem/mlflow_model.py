@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import rdkit
 import torch
-import yaml
+import yaml  # type: ignore[import-untyped]  # PyYAML (an mlflow dependency) ships no stubs
 from mlflow.entities import LoggedModelOutput
 from mlflow.models import ModelSignature
 from mlflow.pyfunc.model import PythonModel, PythonModelContext

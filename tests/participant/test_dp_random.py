@@ -92,9 +92,10 @@ def test_the_cpu_generator_keeps_only_32_bits_of_an_integer_seed() -> None:
 
 def test_every_generator_state_is_fresh_os_entropy(monkeypatch: pytest.MonkeyPatch) -> None:
     drawn: list[bytes] = []
+    real = os.urandom
 
     def urandom(n: int) -> bytes:
-        drawn.append(os.urandom(n))
+        drawn.append(real(n))
         return drawn[-1]
 
     monkeypatch.setattr(dp_random.os, "urandom", urandom)
