@@ -28,8 +28,8 @@ draws (``dp_sgd.LAZY_MAX_READ_FRACTION``): 0.84-0.92x the DP epoch at batch
 
 Momentum, weight decay or adaptive optimizers (Adam) feed the noise through
 state that every step reads, so they keep the per-step draws
-(``participant.dp_sgd`` checks); so does ``secure_mode``, whose sampler is
-Opacus's own.
+(``participant.dp_sgd`` checks); so does ``secure_mode``, whose draws come
+from a CSPRNG stream (``participant.dp_random``), not a torch generator.
 """
 
 from __future__ import annotations

@@ -140,9 +140,10 @@ sys.exit(3)  # not killed: the boundary was never reached
 def _crash_then(kit: SiteKit, *, round: int, boundary: str, how: str, then: str,
                 monkeypatch: pytest.MonkeyPatch, sent: set[int]) -> set[int]:
     """Crash ``round`` at ``boundary``, then retry it or move on; returns the rounds sent."""
+    before = _agree(kit, sent=sent)
     _crash_round(kit, round, boundary, how, monkeypatch)
     committed_by_crash = boundary in ("after-ledger-commit", "after-heads-promote")
-    assert _agree(kit, sent=sent) == sent | ({round} if committed_by_crash else set())
+    assert _agree(kit, sent=sent) == before | ({round} if committed_by_crash else set())
     if then == "retry":
         _train(kit, round)  # resends the stored update (or trains afresh), counts it once
         sent = sent | {round}
@@ -150,6 +151,7 @@ def _crash_then(kit: SiteKit, *, round: int, boundary: str, how: str, then: str,
         _train(kit, round + 1)
         sent = sent | {round + 1}
     counted = _agree(kit, sent=sent)
+    assert counted == sent | ({round} if committed_by_crash else set()) | before
     # Settled: the heads were trained by exactly the rounds whose spend is counted.
     assert [r for _, r in PrivateHeadStore(kit.config.state_dir).lineage()] == sorted(counted)
     return sent
