@@ -13,14 +13,17 @@ batch) the arms run interleaved, ``--reps`` times each:
   non-private path we have, so that the DP overhead is not flattered by the
   sparse kernels;
 - dp: ``participant.dp_sgd.dp_train`` as a site runs it (CSR batches, exact
-  per-sample clipping, Gaussian noise for every step), ``secure_mode`` off
+  per-sample clipping, Gaussian noise for every step, every generator's full
+  state from OS entropy: ``participant.dp_random``), ``secure_mode`` off
   (the shipped default); where the first batch reads at most half of the
   first layer's columns (batch <= 64 here), the noise of unread columns is
   owed and drawn when next read (``participant.lazy_noise``);
 - dp-per-step: the same with ``lazy_noise=False``: every parameter's noise
   drawn every step;
 - dp-dense: the same on dense inputs (the path for non-sparse features);
-- dp-secure: CSR batches with Opacus's floating-point-attack-resistant noise;
+- dp-secure: ``[training] secure-mode``: CSR batches, Poisson batches and
+  noise from an AES-256-CTR CSPRNG with Opacus's
+  floating-point-attack-resistant Gaussians (per-step draws);
 - opacus-ghost (``--opacus-ghost``, 2048-512 only, slow): Opacus's ghost
   clipping through ``PrivacyEngine``.
 
@@ -106,7 +109,7 @@ def dp_epoch(spec: ModelSpec, data: Data, rows: SparseRows | None, batch: int, s
     dp_train(model, len(x), lambda p, i: masked_loss(p, y[i], mask[i], spec, reduction="none"),
              (lambda i: x[i]) if rows is None else rows.gather, noise_multiplier=1.0,
              max_grad_norm=1.0, sample_rate=q, steps=int(1 / q), optimizer=opt,
-             generator=torch.Generator().manual_seed(seed), secure_mode=secure, lazy_noise=lazy)
+             secure_mode=secure, lazy_noise=lazy)
     return time.perf_counter() - t
 
 

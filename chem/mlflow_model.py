@@ -7,6 +7,15 @@ network and refuses (:class:`SpecMismatchError`) when the installed RDKit or
 standardiser would compute different features than the ones it was trained
 on.
 
+The MLflow model is "models from code": its ``python_model`` is
+``chem/mlflow_pyfunc.py`` from the installed fedadmet, so nothing is
+pickled. ``load_predictor`` never calls ``mlflow.pyfunc.load_model`` (which
+imports the folder's code, or unpickles ``python_model.pkl`` in older
+formats): it reads ``MLmodel`` as YAML, refuses a folder carrying pickle
+files, another loader, extra code paths or a code file that differs from the
+installed one, and loads the ``.npz`` (``allow_pickle=False``) and JSON
+artifacts itself.
+
 Prediction standardises, featurises and predicts; the result has one column
 per endpoint in original units (probabilities for classification) plus
 ``valid`` and ``error``. An invalid SMILES gives NaN predictions and the
@@ -30,6 +39,7 @@ import numpy as np
 import pandas as pd
 import rdkit
 import torch
+import yaml  # type: ignore[import-untyped]  # PyYAML (an mlflow dependency) ships no stubs
 from mlflow.entities import LoggedModelOutput
 from mlflow.models import ModelSignature
 from mlflow.pyfunc.model import PythonModel, PythonModelContext
@@ -60,6 +70,11 @@ MANIFEST_FILE = "predictor.json"
 _ARTIFACT_FILES = {"weights": WEIGHTS_FILE, "model_spec": MODEL_SPEC_FILE,
                    "featurization_spec": FEATURIZATION_SPEC_FILE, "manifest": MANIFEST_FILE}
 _RESERVED = ("valid", "error", SMILES_COLUMN)
+# The models-from-code file MLflow copies into every saved model (never a pickle).
+MODEL_CODE_FILE = Path(__file__).with_name("mlflow_pyfunc.py")
+_CODE_LOADER = "mlflow.pyfunc.loaders.code_model"
+# Serialised Python objects: loading any of them can run code.
+_PICKLE_SUFFIXES = (".pkl", ".pickle", ".cloudpickle", ".joblib", ".dill", ".pt", ".pth")
 
 # Runtime code never phones home; MLflow reads this at every event.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -166,7 +181,7 @@ class PredictorFiles:
 
     directory: Path
     artifacts: dict[str, str]
-    python_model: SmilesPredictor
+    python_model: str  # models from code: the path of chem/mlflow_pyfunc.py
     signature: ModelSignature
     input_example: pd.DataFrame
     pip_requirements: list[str]
@@ -196,7 +211,7 @@ def save_predictor_files(directory: str | Path, state_dict: Mapping[str, np.ndar
     return PredictorFiles(
         directory=directory,
         artifacts={k: str(directory / f) for k, f in _ARTIFACT_FILES.items()},
-        python_model=SmilesPredictor(), signature=predictor_signature(mspec),
+        python_model=str(MODEL_CODE_FILE), signature=predictor_signature(mspec),
         input_example=pd.DataFrame({SMILES_COLUMN: ["CCO", "c1ccccc1O"]}),
         pip_requirements=pip_requirements(), model_spec=mspec, featurization_spec=fspec)
 
@@ -296,15 +311,57 @@ def _resolve_models_uri(uri: str, tracking_uri: str | None) -> str:
 
 
 def _load_local(path: Path) -> Predictor:
+    """Our own files only: no unpickling and no code from the folder, whatever it holds."""
+    _refuse_pickles(path)
     if (path / MANIFEST_FILE).is_file():
         return _load_files({k: path / f for k, f in _ARTIFACT_FILES.items()})
     if (path / "MLmodel").is_file():
-        wrapped = mlflow.pyfunc.load_model(str(path)).unwrap_python_model()
-        if not isinstance(wrapped, SmilesPredictor) or wrapped.predictor is None:
-            raise DataError("the MLflow model is not a fedadmet SMILES predictor", got=str(path))
-        return wrapped.predictor
+        return _load_files(_code_model_artifacts(path))
     raise DataError("no predictor found", got=str(path),
                     expected=f"a folder with {MANIFEST_FILE} or an MLmodel file")
+
+
+def _refuse_pickles(path: Path) -> None:
+    found = sorted(str(p.relative_to(path)) for p in path.rglob("*")
+                   if p.suffix.lower() in _PICKLE_SUFFIXES)
+    if found:
+        raise DataError("the model folder carries serialised Python objects, which can run "
+                        "code when loaded", got=found[:5],
+                        expected="weights as .npz and metadata as JSON only",
+                        fix="use a model registered by this fedadmet version (models from "
+                        "code); do not load this folder")
+
+
+def _code_model_artifacts(path: Path) -> dict[str, Path]:
+    """The artifact files of a fedadmet models-from-code folder, after checking its loader."""
+    try:
+        conf = yaml.safe_load((path / "MLmodel").read_text(encoding="utf-8"))
+        flavors = conf["flavors"]
+        pyfunc = flavors["python_function"]
+        artifacts = {k: v["path"] for k, v in pyfunc["artifacts"].items()}
+        code = path / Path(str(pyfunc["model_code_path"])).name
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError("the MLmodel file is not a fedadmet SMILES predictor",
+                        got=f"{path / 'MLmodel'}: {exc!r}") from None
+    loader = pyfunc.get("loader_module")
+    if (set(flavors) != {"python_function"} or loader != _CODE_LOADER
+            or "python_model" in pyfunc or pyfunc.get("code")):
+        raise DataError("the MLflow model uses an unexpected loader", got={
+            "flavors": sorted(flavors), "loader_module": loader,
+            "python_model": pyfunc.get("python_model"), "code": pyfunc.get("code")},
+            expected=f"python_function only, loader {_CODE_LOADER}, no python_model, no code")
+    if (code.name != MODEL_CODE_FILE.name or not code.is_file()
+            or code.read_bytes() != MODEL_CODE_FILE.read_bytes()):
+        raise DataError("the model's code file is not the installed fedadmet's", got=code.name,
+                        expected=f"a copy of {MODEL_CODE_FILE}",
+                        fix="re-register the model with this fedadmet version")
+    root = path.resolve()
+    files = {k: (path / v).resolve() for k, v in artifacts.items()}
+    if set(files) != set(_ARTIFACT_FILES) or any(not f.is_relative_to(root)
+                                                 for f in files.values()):
+        raise DataError("the MLflow model's artifacts are not a fedadmet predictor's",
+                        got=sorted(artifacts.items()), expected=sorted(_ARTIFACT_FILES))
+    return files
 
 
 def _load_files(files: Mapping[str, Path]) -> Predictor:
@@ -321,7 +378,7 @@ def _load_files(files: Mapping[str, Path]) -> Predictor:
             "the model was trained with another SMILES standardiser",
             got=STANDARDIZER_VERSION, expected=manifest.get("standardizer_version"),
             fix="install the fedadmet version the model was trained with")
-    with np.load(files["weights"]) as npz:
+    with np.load(files["weights"], allow_pickle=False) as npz:
         state = {k: npz[k] for k in npz.files}
     return Predictor(_build(mspec, state), fspec)
 

@@ -99,6 +99,8 @@ finetune-epochs = 100
 finetune-patience = 10
 finetune-lr = 0.001
 trunk-lr-factor = 0.1
+# DP batches and noise from a CSPRNG (Opacus's secure_mode); slower, off by default.
+secure-mode = false
 
 # Federated evaluation (docs/threat-model.md): "noised" sends bounded held-out metrics
 # with Gaussian noise, charged to your ledger; "local" sends none and only logs them.

@@ -4,7 +4,7 @@ A member writes ``participant.toml`` (``fedadmet participant init`` makes a
 template). One schema serves every command: ``[participant]`` (name, state dir,
 privacy budget, receipt keys), ``[coordinator]`` (address, root certificate,
 node key, local port: only ``start`` needs it), ``[data]``,
-``[endpoints.<name>]`` and ``[training]`` (fine-tuning defaults). Unknown keys
+``[endpoints.<name>]`` and ``[training]`` (fine-tuning defaults, DP ``secure-mode``). Unknown keys
 are refused and every error names the key and the value.
 
 The ClientApp finds the file through Flower node config
@@ -65,13 +65,17 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class LocalTrainingConfig:
-    """Options for fine-tuning; the DP plan itself comes from the coordinator."""
+    """Local options (fine-tuning, DP draws); the DP plan itself comes from the coordinator."""
 
     finetune_epochs: int = 100
     finetune_patience: int = 10
     finetune_lr: float = 1e-3
     trunk_lr_factor: float = 0.1
     threads: int = 0
+    # Opacus's secure_mode: DP batches and noise from a CSPRNG (AES-256-CTR) with
+    # floating-point-attack-resistant Gaussians; slower. Off: full-state Mersenne
+    # Twister generators from OS entropy (participant.dp_random), no seed to search.
+    secure_mode: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -287,6 +291,7 @@ def _training(t: Table) -> LocalTrainingConfig:
         finetune_lr=t.number("finetune-lr", 1e-3, min=0.0, min_exclusive=True),
         trunk_lr_factor=t.number("trunk-lr-factor", 0.1, min=0.0, max=1.0),
         threads=t.integer("threads", 0, min=0),
+        secure_mode=t.boolean("secure-mode", False),
     )
     t.finish()
     return cfg

@@ -26,9 +26,10 @@ std and the clipped sum is added onto it by one in-place ``addmm_``. The
 Gaussian draws cost more than the rest of the step's extra work, so
 ``participant.gaussian_noise`` draws each step's noise on a helper thread
 beside the training arithmetic (fresh per step, complete before that step's
-update). ``secure_mode`` uses
-Opacus's own noise sampler; batches come from Opacus's Poisson
-``UniformWithReplacementSampler``.
+update). Every draw comes from ``participant.dp_random``: generators with
+a full state of OS entropy (no searchable seed), batches from Opacus's
+Poisson ``UniformWithReplacementSampler``; ``secure_mode`` (Opacus's name)
+draws the batches and the noise from an AES-256-CTR CSPRNG instead.
 
 Fingerprint inputs are ~98% zeros. When ``batch_inputs`` returns CSR rows
 (``chem.sparse_rows.SparseBatch``), the Linear layer that reads them runs on
@@ -50,7 +51,7 @@ parameter-free modules (ReLU, Dropout, ...). Anything else is refused
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,7 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
 from chem.sparse_rows import SparseBatch, column_major, sparse_input
+from participant.dp_random import CsprngStream, DPRandom
 from participant.gaussian_noise import StepNoise
 from participant.lazy_noise import LazyColumnNoise, plain_sgd_group
 from protocols.errors import ConfigError
@@ -235,7 +237,7 @@ def dp_train(
     sample_rate: float,
     steps: int,
     optimizer: torch.optim.Optimizer,
-    generator: torch.Generator | None = None,
+    unsafe_seed: int | None = None,
     secure_mode: bool = False,
     lazy_noise: bool = True,
 ) -> DPTrainingResult:
@@ -253,7 +255,11 @@ def dp_train(
     (``participant.lazy_noise``): the same distribution of every step and of
     the trained model, with fewer draws. ``lazy_noise=False`` draws every
     step's noise for every parameter. Gradients are not kept: each ``p.grad``
-    is None on return.
+    is None on return; a gradient already on a trained parameter is refused
+    (it would be applied unclipped and un-noised).
+
+    The batches and noise come from fresh OS entropy (``participant.dp_random``);
+    ``unsafe_seed`` makes them reproducible, for tests only (it logs a warning).
     """
     if not 0 < sample_rate <= 1:
         raise ConfigError("sample_rate", "must be in (0, 1]", got=sample_rate)
@@ -270,13 +276,26 @@ def dp_train(
                           "model's Linear layers, all of one dtype",
                           got=f"outside the model: {foreign}; dtypes: {sorted(map(str, dtypes))}",
                           fix="build the optimizer from model.parameters()")
+    stale = [tuple(p.shape) for p in params if p.grad is not None and bool(p.grad.any())]
+    if stale:
+        raise ConfigError("parameters", "a trained parameter already holds a gradient, which "
+                          "the optimizer would apply unclipped and without noise",
+                          got=f"non-zero .grad on parameters of shape {stale}",
+                          expected="p.grad is None (or zero) for every trained parameter",
+                          fix="call optimizer.zero_grad(set_to_none=True) before dp_train")
+    for p in params:
+        p.grad = None
     expected_batch = max(1, round(sample_rate * n_examples))
     std = noise_multiplier * max_grad_norm / expected_batch
-    # The noise streams are seeded before any batch is drawn, so the batches are the
+    rng = DPRandom(unsafe_seed=unsafe_seed)
+    # The noise's source is split off before any batch is drawn, so the batches are the
     # same whichever parameters turn out to get per-step or per-column noise.
-    noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    sampler = UniformWithReplacementSampler(num_samples=n_examples, sample_rate=sample_rate,
-                                            generator=generator, steps=steps)
+    batch_rng, noise_rng = rng.spawn(), rng.spawn()
+    sampler: Iterable[Sequence[int] | torch.Tensor] = (
+        _poisson_batches(batch_rng.stream(), n_examples, sample_rate=sample_rate, steps=steps)
+        if secure_mode else UniformWithReplacementSampler(
+            num_samples=n_examples, sample_rate=sample_rate, generator=batch_rng.generator(),
+            steps=steps))
     threads = torch.get_num_threads()
     model.train()
     total_loss, total_n, clipped, done = 0.0, 0, 0, 0
@@ -303,7 +322,7 @@ def dp_train(
                 if layout is None:
                     layout = _NoiseLayout.lay_out(
                         stack, params, owner, tape.inputs, optimizer, std=std,
-                        generator=torch.Generator().manual_seed(noise_seed),
+                        rng=noise_rng,
                         secure_mode=secure_mode, lazy_noise=lazy_noise)
                     layout.prepare(next_x)
                 slot = layout.noise.take()
@@ -337,6 +356,13 @@ def dp_train(
                             clipped_fraction=clipped / max(total_n, 1))
 
 
+def _poisson_batches(stream: CsprngStream, n: int, *, sample_rate: float, steps: int
+                     ) -> Iterator[torch.Tensor]:
+    """Poisson subsampling (each example in with probability ``sample_rate``) from a CSPRNG."""
+    for _ in range(steps):
+        yield torch.nonzero(stream.uniform(n) < sample_rate).flatten()
+
+
 class _NoiseLayout:
     """Each parameter's noise: drawn per step (``eager``) or owed per column (``lazy``)."""
 
@@ -350,7 +376,7 @@ class _NoiseLayout:
     def lay_out(cls, stack: ExitStack, params: list[torch.Tensor],
                 owner: dict[int, tuple[nn.Linear, bool]], inputs: dict[nn.Linear, Inputs],
                 optimizer: torch.optim.Optimizer, *, std: float,
-                generator: torch.Generator, secure_mode: bool, lazy_noise: bool) -> _NoiseLayout:
+                rng: DPRandom, secure_mode: bool, lazy_noise: bool) -> _NoiseLayout:
         """Lay out the noise after the first forward pass (nothing is owed before it).
 
         Weights that read CSR inputs go column-major; under plain SGD their
@@ -381,13 +407,13 @@ class _NoiseLayout:
                 # Entered after column_major, so left before it: the owed noise lands
                 # in the weight even when a step raises (fail closed).
                 lazy[m] = stack.enter_context(LazyColumnNoise(
-                    m.weight, std=std, lr=float(group["lr"]), generator=generator,
+                    m.weight, std=std, lr=float(group["lr"]), rng=rng.spawn(),
                     helper=threads > 1))
                 groups[m] = group
                 stack.callback(m.register_forward_pre_hook(_settle_hook(lazy[m])).remove)
         eager = [p for p in params if owner[id(p)][0] not in lazy or not owner[id(p)][1]]
         noise = stack.enter_context(StepNoise(
-            sum(p.numel() for p in eager), std=std, generator=generator,
+            sum(p.numel() for p in eager), std=std, rng=rng.spawn(),
             secure_mode=secure_mode, helper=threads > 1,
             dtype=params[0].dtype if params else torch.float32))
         if noise.has_helper or any(owed.has_helper for owed in lazy.values()):

@@ -13,12 +13,14 @@ returns it complete before that step's update, and the following
 until its update is done.
 
 The buffer is split into fixed chunks, chunk k always drawn from generator k
-(seeded from the caller's generator), so the noise sequence is a function of
-the seed alone, whichever thread draws which chunk. Two buffers alternate so
+(each with a full state of fresh OS entropy from ``participant.dp_random``,
+or derived from an ``unsafe_seed`` in tests), so the noise sequence is a
+function of those states alone, whichever thread draws which chunk. Two buffers alternate so
 step t+1's draw can start as soon as step t's noise is taken, while step t's
 clipping and update read its own buffer. ``secure_mode`` draws each chunk
-through Opacus's floating-point-attack-resistant sampler (arXiv 2107.10138:
-four draws summed).
+from its own AES-256-CTR stream (a CSPRNG) through Opacus's
+floating-point-attack-resistant construction (arXiv 2107.10138: four draws
+summed, halved).
 
 One ``normal_`` call per chunk keeps the helper's hold on the GIL short.
 Faster samplers built from many small numpy calls (AES-CTR bits plus
@@ -31,7 +33,8 @@ from __future__ import annotations
 import threading
 
 import torch
-from opacus.optimizers.optimizer import _generate_noise
+
+from participant.dp_random import DPRandom
 
 __all__ = ["StepNoise"]
 
@@ -54,7 +57,7 @@ class StepNoise:
     context manager so the helper thread is stopped.
     """
 
-    def __init__(self, numel: int, *, std: float, generator: torch.Generator | None,
+    def __init__(self, numel: int, *, std: float, rng: DPRandom,
                  secure_mode: bool = False, helper: bool = True,
                  dtype: torch.dtype = torch.float32) -> None:
         self.std, self.secure_mode = std, secure_mode
@@ -64,8 +67,8 @@ class StepNoise:
         self._full = [list(b.chunk(n_chunks)) if numel else [] for b in self.buffers]
         self._chunks = self._full[self._slot]
         self._row_stds: list[torch.Tensor] = []
-        seeds = torch.randint(0, 2**62, (n_chunks,), generator=generator).tolist()
-        self._generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self._generators = [] if secure_mode else [rng.generator() for _ in range(n_chunks)]
+        self._streams = [rng.stream() for _ in range(n_chunks)] if secure_mode else []
         self._cond = threading.Condition()
         self._open = False          # between begin() and take()
         self._next_chunk = len(self._chunks)  # first unclaimed chunk of the open step
@@ -156,12 +159,11 @@ class StepNoise:
             k = self._next_chunk
             self._next_chunk += 1
         try:
-            out, gen = self._chunks[k], self._generators[k]
+            out = self._chunks[k]
             if self.secure_mode:
-                out.copy_(_generate_noise(std=self.std, reference=out, generator=gen,
-                                          secure_mode=True))
+                self._streams[k].normal_(out, std=self.std)
             else:
-                out.normal_(0.0, self.std, generator=gen)
+                out.normal_(0.0, self.std, generator=self._generators[k])
             if self._row_stds:
                 out.mul_(self._row_stds[k])
         except BaseException as exc:  # surfaced to the training thread by take()

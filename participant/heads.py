@@ -3,21 +3,32 @@
 In flwr 1.41 every message runs in a fresh ``flwr-clientapp`` process and a
 SuperNode restart loses ``context.state``, so private heads live in the state
 directory. They are written atomically and never leave the site.
+
+Crash order (``participant.site``): a round's new heads are first written as
+*pending*, then the ledger commits the round's spend, then the pending heads
+are promoted. A crash before the commit leaves heads from a round the ledger
+does not count: ``settle`` discards them, so no later round trains from them.
+A crash after the commit leaves them pending: ``settle`` promotes them. The
+file records which rounds trained the heads (``lineage``), which equals the
+ledger's rounds once settled.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from participant.outbox import _fsync_dir
 from protocols.errors import IntegrityError
 
 __all__ = ["PrivateHeadStore"]
+
+_LINEAGE = "__lineage__"  # "<federation>:<round>" of every round that trained the heads
 
 
 class PrivateHeadStore:
@@ -28,28 +39,72 @@ class PrivateHeadStore:
 
     def load(self) -> dict[str, np.ndarray]:
         """The stored private parameters, or an empty mapping on first use."""
-        if not self.path.exists():
+        arrays = self._read(self.path)
+        arrays.pop(_LINEAGE, None)
+        return arrays
+
+    def lineage(self) -> list[tuple[str, int]]:
+        """(federation, round) of every committed round the stored heads were trained by."""
+        return _lineage(self._read(self.path))
+
+    @property
+    def pending_path(self) -> Path:
+        return self.path.with_name("private_heads.pending.npz")
+
+    def _read(self, path: Path) -> dict[str, np.ndarray]:
+        if not path.exists():
             return {}
         try:
-            with np.load(self.path, allow_pickle=False) as npz:
+            with np.load(path, allow_pickle=False) as npz:
                 return {k: npz[k] for k in npz.files}
         except (OSError, ValueError) as exc:
             raise IntegrityError(
-                "the private-head file cannot be read", got=f"{self.path}: {exc}",
+                "the private-head file cannot be read", got=f"{path}: {exc}",
                 fix="restore it from backup, or delete it to start the private heads afresh",
             ) from exc
 
+    def save_pending(self, params: Mapping[str, np.ndarray], *, federation_id: str,
+                     round: int) -> None:
+        """Write a round's new heads beside the current ones; ``settle`` decides their fate."""
+        before = [f"{f}:{r}" for f, r in self.lineage()]
+        self._write(self.pending_path, {**params, _LINEAGE: np.array(
+            [*before, f"{federation_id}:{round}"], dtype=np.str_)})
+
+    def settle(self, committed: Callable[[str, int], bool]) -> None:
+        """Promote pending heads whose round the ledger committed; discard any others."""
+        pending = self._read(self.pending_path)
+        if not pending:
+            return
+        rounds = _lineage(pending)
+        if rounds and committed(*rounds[-1]):
+            os.replace(self.pending_path, self.path)
+            _fsync_dir(self.path.parent)
+        else:
+            self.pending_path.unlink()
+
     def save(self, params: Mapping[str, np.ndarray]) -> None:
         """Replace the stored parameters atomically (temp file, fsync, rename)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".private_heads-", suffix=".npz", dir=self.path.parent)
+        self._write(self.path, params)
+
+    def _write(self, path: Path, params: Mapping[str, np.ndarray]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".private_heads-", suffix=".npz", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 arrays: dict[str, Any] = {k: np.asarray(v) for k, v in params.items()}
                 np.savez(f, **arrays)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def _lineage(arrays: Mapping[str, np.ndarray]) -> list[tuple[str, int]]:
+    out = []
+    for item in arrays.get(_LINEAGE, np.array([], dtype=np.str_)).tolist():
+        federation, _, round_ = str(item).rpartition(":")
+        out.append((federation, int(round_)))
+    return out

@@ -28,8 +28,8 @@ draws (``dp_sgd.LAZY_MAX_READ_FRACTION``): 0.84-0.92x the DP epoch at batch
 
 Momentum, weight decay or adaptive optimizers (Adam) feed the noise through
 state that every step reads, so they keep the per-step draws
-(``participant.dp_sgd`` checks); so does ``secure_mode``, whose sampler is
-Opacus's own.
+(``participant.dp_sgd`` checks); so does ``secure_mode``, whose draws come
+from a CSPRNG stream (``participant.dp_random``), not a torch generator.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from participant.dp_random import DPRandom
 from participant.gaussian_noise import StepNoise
 
 __all__ = ["LazyColumnNoise", "plain_sgd_group"]
@@ -77,16 +78,15 @@ class LazyColumnNoise:
     """
 
     def __init__(self, weight: torch.Tensor, *, std: float, lr: float,
-                 generator: torch.Generator, helper: bool = True) -> None:
+                 rng: DPRandom, helper: bool = True) -> None:
         if weight.dim() != 2:
             raise ValueError(f"LazyColumnNoise needs a 2-D weight, got shape {tuple(weight.shape)}")
         self.weight, self.std = weight, std
         self.owed = np.zeros(weight.shape[1], dtype=np.float64)  # noise variance per column
         self._step_var = (lr * std) ** 2  # what the next step() will add, as far as known
-        seeds = torch.randint(0, 2**62, (2,), generator=generator).tolist()
-        self._generator = torch.Generator().manual_seed(int(seeds[0]))
+        self._generator = rng.generator()
         self._normals = StepNoise(weight.numel(), std=1.0, dtype=weight.dtype, helper=helper,
-                                  generator=torch.Generator().manual_seed(int(seeds[1])))
+                                  rng=rng.spawn())
         self._drawing: torch.Tensor | None = None  # columns whose noise is being drawn
         self._drawn_for: np.ndarray | None = None  # the owed variances it is scaled to
         self._queue: deque[torch.Tensor] = deque()  # prepared, not yet being drawn

@@ -28,14 +28,15 @@ def train_dp_round(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor, tor
                    loss_fn: PerSampleLoss, max_grad_norm: float, noise_multiplier: float,
                    sample_rate: float, steps: int, lr: float,
                    optimizer: Literal["sgd", "adam"] = "sgd",
-                   generator: torch.Generator | None = None,
+                   unsafe_seed: int | None = None,
                    trainable: Collection[str] | None = None,
                    secure_mode: bool = False) -> DPTrainingResult:
     """Train ``model`` in place for ``steps`` DP-SGD steps; only ``trainable`` parameters move.
 
     ``data`` is (features, labels, label mask); fingerprint-like features are
     read as CSR rows. The optimizer is built here over the trainable
-    parameters, at ``lr``.
+    parameters, at ``lr``. Batches and noise come from fresh OS entropy
+    (``participant.dp_random``); ``unsafe_seed`` is for tests only.
     """
     x, y, mask = data
     n = int(x.shape[0])
@@ -55,4 +56,4 @@ def train_dp_round(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor, tor
     return dp_train(model, n, lambda pred, idx: loss_fn(pred, y[idx], mask[idx]),
                     row_batches(x), noise_multiplier=noise_multiplier,
                     max_grad_norm=max_grad_norm, sample_rate=sample_rate, steps=steps,
-                    optimizer=opt, generator=generator, secure_mode=secure_mode)
+                    optimizer=opt, unsafe_seed=unsafe_seed, secure_mode=secure_mode)

@@ -16,8 +16,10 @@ A train instruction then, in order:
 5. resend the stored update if this round was already released (crash retry);
 6. calibrate (once per run) and preview the privacy cost; refuse over budget;
 7. DP-SGD on the shared parameters and this site's private heads;
-8. store the update (outbox) and private heads, commit the spend, then return
-   only the delta of the shared parameters with aggregate metrics.
+8. store the new private heads as pending and the update (outbox), commit the
+   spend, promote the heads, then return only the delta of the shared
+   parameters with aggregate metrics. A crash anywhere leaves heads that only
+   committed rounds trained (``PrivateHeadStore.settle`` on the next call).
 
 An evaluate instruction is answered only for the global model that the held
 receipt of that round binds, once per round, and only with noised, bounded
@@ -35,7 +37,6 @@ import fcntl
 import json
 import logging
 import math
-import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -301,18 +302,26 @@ class Site:
             fspec, mspec = self._specs(ins)
         except SpecMismatchError as exc:
             return self._refusal(ins, "spec-mismatch", exc.diagnostics())
+
+        def committed(federation_id: str, round: int) -> bool:
+            return ledger.find(federation_id, round) is not None
+
         stored = self.outbox.get(ins.round, base_model_digest=global_digest)
         if stored is not None:
             p = stored.payload
             ledger.commit(federation_id=ins.federation_id, round=ins.round,
                           noise_multiplier=p["noise_multiplier"], sample_rate=p["sample_rate"],
                           steps=p["steps"])
+            self.heads.settle(committed)  # heads a crash left pending for this round
             log.info("round %d already released; resending the stored update", ins.round)
             return TrainResult(UpdateSubmission.from_dict(p["submission"]), stored.delta,
                                p["metrics"], None)
         if ledger.find(ins.federation_id, ins.round) is not None:
             return self._refusal(ins, "round-replay", "this round was already released for "
                                  "another global model")
+        # Heads a crash left pending: kept if their round's spend was committed, else
+        # discarded before this round loads them.
+        self.heads.settle(committed)
         try:
             data = load_site_data(self.cfg, fspec)
         except DataError as exc:
@@ -348,10 +357,9 @@ class Site:
         held = {e for j, e in enumerate(model.spec.endpoint_names) if mtr[:, j].any()}
         trainable = [name for name, _ in model.named_parameters()
                      if not name.startswith("heads.") or name.split(".")[1] in held]
-        # Sampling and noise must be unknown to the coordinator: a seed derived from
-        # the round's public inputs would let it subtract the noise. Retries resend
-        # the outbox, so fresh entropy never means a second release.
-        gen = torch.Generator().manual_seed(secrets.randbits(63))
+        # Sampling and noise must be unknown to the coordinator: dp_train draws them
+        # from fresh OS entropy (participant.dp_random), no seed to search. Retries
+        # resend the outbox, so fresh entropy never means a second release.
         y, m = torch.from_numpy(ytr), torch.from_numpy(mtr)
         started = time.perf_counter()
         result = train_dp_round(
@@ -359,8 +367,8 @@ class Site:
             loss_fn=lambda pred, yb, mb: masked_loss(pred, yb, mb, model.spec, reduction="none"),
             max_grad_norm=plan.max_grad_norm, noise_multiplier=cal.noise_multiplier,
             sample_rate=cal.sample_rate, steps=cal.steps_per_round, lr=plan.learning_rate,
-            optimizer="adam" if plan.optimizer == "adam" else "sgd", generator=gen,
-            trainable=trainable)
+            optimizer="adam" if plan.optimizer == "adam" else "sgd",
+            trainable=trainable, secure_mode=self.cfg.training.secure_mode)
         # Logged on site only, never sent: the time tracks the Poisson batch sizes, which
         # the accountant assumes hidden. benchmarks/round_overhead.py reads this line.
         log.info("%s round %d: %d DP-SGD steps in %.3f s", ins.federation_id, ins.round,
@@ -389,17 +397,20 @@ class Site:
             claimed_epsilon=entry_eps if math.isfinite(entry_eps) else 1e308,
             delta=self.cfg.delta, metrics_digest=sha256_hex(canonical_json(metrics)))
         submission = unsigned.signed(self.key)
-        # Order matters for crash safety: outbox, private heads, ledger, then send.
+        # Order matters for crash safety: pending heads, outbox, ledger, heads, then send.
+        # Heads become current only once the ledger counts the round that trained them.
+        self.heads.save_pending({k: v for k, v in new.items() if k in private_names},
+                                federation_id=ins.federation_id, round=ins.round)
         self.outbox.put(OutboxEntry(round=ins.round, base_model_digest=global_digest,
                                     delta=delta, payload={
                                         "submission": submission.to_dict(), "metrics": metrics,
                                         "noise_multiplier": cal.noise_multiplier,
                                         "sample_rate": cal.sample_rate,
                                         "steps": cal.steps_per_round}))
-        self.heads.save({k: v for k, v in new.items() if k in private_names})
         ledger.commit(federation_id=ins.federation_id, round=ins.round,
                       noise_multiplier=cal.noise_multiplier, sample_rate=cal.sample_rate,
                       steps=cal.steps_per_round)
+        self.heads.settle(committed)
         return TrainResult(submission, delta, metrics, None)
 
     # ---------------------------------------------------------------- evaluate

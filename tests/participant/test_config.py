@@ -40,6 +40,7 @@ def test_init_template_loads_and_drives_the_daemon_plan(tmp_path: Path) -> None:
         ("lipophilicity", "logD", "regression")]
     assert cfg.data.files == (site / "data" / "assays.csv",)
     assert cfg.training.trunk_lr_factor == 0.1
+    assert cfg.training.secure_mode is False  # full-state OS-entropy generators by default
     plan = supernode_plan(cfg)
     assert (plan.superlink, plan.port, plan.node_key) == ("fl.acme.test:8443", 9200,
                                                          site / "keys" / "node_key")
@@ -79,6 +80,8 @@ def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
     ("trunk-lr-factor = 0.1", "trunk-lr-factor = 3.0", "training.trunk-lr-factor", "3.0"),
     ("finetune-epochs = 100", "finetune-epoch = 100", "training.finetune-epoch",
      "finetune-epoch"),
+    ("secure-mode = false", 'secure-mode = "yes"', "training.secure-mode", "yes"),
+    ("secure-mode = false", "secure_mode = true", "training.secure_mode", "secure_mode"),
     ("delta = 1e-5", 'delta = 1e-5\nnode-key = "keys/node_key"', "coordinator.node-key",
      "twice"),
 ])
@@ -92,6 +95,12 @@ def test_bad_keys_and_values_name_the_key_and_value(tmp_path: Path, old: str, ne
         ParticipantConfig.load(toml)
     assert err.value.key == key
     assert shown in str(err.value) and str(toml.resolve()) in str(err.value)
+
+
+def test_secure_mode_key_turns_on_the_csprng(tmp_path: Path) -> None:
+    toml = _init(tmp_path)
+    toml.write_text(toml.read_text().replace("secure-mode = false", "secure-mode = true"))
+    assert ParticipantConfig.load(toml).training.secure_mode is True
 
 
 def test_start_reads_the_coordinator_table_through_the_config(tmp_path: Path) -> None:

@@ -90,7 +90,7 @@ def test_noise_has_the_calibrated_standard_deviation(sparse: bool) -> None:
     dp_train(model, n, lambda pred, idx: pred.sum(dim=1) * 0.0,
              rows.gather if sparse else (lambda idx: torch.zeros(len(idx), 50)),
              noise_multiplier=sigma, max_grad_norm=clip, sample_rate=q, steps=1,
-             optimizer=opt, generator=torch.Generator().manual_seed(0))
+             optimizer=opt, unsafe_seed=0)
     observed = layer.weight.detach().std().item()
     expected = sigma * clip / (q * n)
     assert abs(observed - expected) / expected < 0.05
@@ -109,7 +109,7 @@ def test_training_reduces_loss_at_low_noise() -> None:
     dp_train(model, 512, lambda pred, idx: masked_loss(pred, y[idx], mask[idx], spec,
                                                        reduction="none"),
              lambda idx: x[idx], noise_multiplier=0.1, max_grad_norm=5.0, sample_rate=0.1,
-             steps=200, optimizer=opt, generator=torch.Generator().manual_seed(1))
+             steps=200, optimizer=opt, unsafe_seed=1)
     assert masked_loss(model(x), y, mask, spec).item() < 0.5 * before
 
 
@@ -143,7 +143,7 @@ def test_a_noiseless_step_moves_by_opacus_clipped_mean(threads: int, sparse: boo
                  SparseRows.from_dense(x).gather if sparse else (lambda idx: x[idx]),
                  noise_multiplier=0.0, max_grad_norm=0.3, sample_rate=1.0,
                  steps=1, optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
-                 generator=torch.Generator().manual_seed(0))
+                 unsafe_seed=0)
     finally:
         torch.set_num_threads(saved)
     for name, p in model.named_parameters():
@@ -169,7 +169,7 @@ def test_sparse_and_dense_rows_train_the_same_model(optimizer: str) -> None:
         dp_train(model, 300, lambda pred, idx: masked_loss(pred, y[idx], mask[idx], spec,
                                                            reduction="none"),
                  inputs, noise_multiplier=0.0, max_grad_norm=0.5, sample_rate=0.1, steps=40,
-                 optimizer=opt, generator=torch.Generator().manual_seed(4))
+                 optimizer=opt, unsafe_seed=4)
         models.append(model)
     dense, sparse = (dict(m.named_parameters()) for m in models)
     start = dict(build_model(spec, seed=3).double().named_parameters())
@@ -190,7 +190,7 @@ def test_each_step_gets_fresh_noise_of_the_calibrated_std() -> None:
         dp_train(nn.Sequential(layer), n, lambda pred, idx: pred.sum(dim=1) * 0.0,
                  lambda idx: torch.zeros(len(idx), 300), noise_multiplier=sigma,
                  max_grad_norm=clip, sample_rate=q, steps=1, optimizer=opt,
-                 generator=torch.Generator().manual_seed(7))
+                 unsafe_seed=7)
         updates.append((w - layer.weight.detach()).flatten())
     expected = sigma * clip / (q * n)
     for u in updates:
@@ -211,7 +211,7 @@ def test_each_step_gets_fresh_noise_of_the_calibrated_std() -> None:
     dp_train(model, n, lambda pred, idx: pred.sum(dim=1) * 0.0,
              lambda idx: torch.zeros(len(idx), 300), noise_multiplier=sigma,
              max_grad_norm=clip, sample_rate=q, steps=3, optimizer=Recorder(
-                 model.parameters(), lr=1.0), generator=torch.Generator().manual_seed(7))
+                 model.parameters(), lr=1.0), unsafe_seed=7)
     assert len(steps) == 3
     for a, b in [(0, 1), (1, 2), (0, 2)]:
         corr = torch.corrcoef(torch.stack([steps[a], steps[b]]))[0, 1].item()

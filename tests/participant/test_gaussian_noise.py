@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from participant.dp_random import DPRandom
 from participant.gaussian_noise import StepNoise
 
 
 def _draws(*, helper: bool, secure: bool = False, steps: int = 3, numel: int = 200_000,
            std: float = 1.5) -> list[torch.Tensor]:
     out = []
-    with StepNoise(numel, std=std, generator=torch.Generator().manual_seed(11),
+    with StepNoise(numel, std=std, rng=DPRandom(unsafe_seed=11),
                    secure_mode=secure, helper=helper) as noise:
         for _ in range(steps):
             noise.begin()
@@ -40,15 +41,15 @@ def test_every_step_is_a_fresh_gaussian_of_the_given_std(secure: bool) -> None:
 
 
 def test_different_seeds_give_different_noise() -> None:
-    a = StepNoise(50_000, std=1.0, generator=torch.Generator().manual_seed(1), helper=False)
-    b = StepNoise(50_000, std=1.0, generator=torch.Generator().manual_seed(2), helper=False)
+    a = StepNoise(50_000, std=1.0, rng=DPRandom(unsafe_seed=1), helper=False)
+    b = StepNoise(50_000, std=1.0, rng=DPRandom(unsafe_seed=2), helper=False)
     a.begin()
     b.begin()
     assert not torch.equal(a.buffers[a.take()], b.buffers[b.take()])
 
 
 def test_take_before_begin_and_double_begin_are_refused() -> None:
-    with StepNoise(1000, std=1.0, generator=None, helper=True) as noise:
+    with StepNoise(1000, std=1.0, rng=DPRandom(), helper=True) as noise:
         with pytest.raises(RuntimeError):
             noise.take()
         noise.begin()
@@ -57,7 +58,7 @@ def test_take_before_begin_and_double_begin_are_refused() -> None:
 
 
 def test_the_taken_buffer_is_left_alone_during_the_next_draw() -> None:
-    with StepNoise(300_000, std=1.0, generator=None, helper=True) as noise:
+    with StepNoise(300_000, std=1.0, rng=DPRandom(), helper=True) as noise:
         noise.begin()
         first = noise.take()
         kept = noise.buffers[first].clone()
@@ -68,7 +69,7 @@ def test_the_taken_buffer_is_left_alone_during_the_next_draw() -> None:
 
 
 def test_zero_std_gives_zeros() -> None:
-    with StepNoise(10, std=0.0, generator=None) as noise:
+    with StepNoise(10, std=0.0, rng=DPRandom()) as noise:
         noise.begin()
         assert torch.equal(noise.buffers[noise.take()], torch.zeros(10))
 
@@ -76,7 +77,7 @@ def test_zero_std_gives_zeros() -> None:
 @pytest.mark.parametrize("helper", [False, True])
 def test_row_stds_scale_each_row_of_a_partial_draw(helper: bool) -> None:
     row_std = torch.tensor([0.5, 1.0, 2.0, 4.0] * 5)
-    with StepNoise(200_000, std=1.5, generator=torch.Generator().manual_seed(2),
+    with StepNoise(200_000, std=1.5, rng=DPRandom(unsafe_seed=2),
                    helper=helper) as noise:
         noise.begin(20 * 5000, row_std=row_std)
         buffer = noise.buffers[noise.take()]
@@ -86,14 +87,14 @@ def test_row_stds_scale_each_row_of_a_partial_draw(helper: bool) -> None:
         # The next draw may ask for another size; the values stay seeded.
         noise.begin(0, row_std=torch.zeros(0))
         noise.take()
-    with StepNoise(200_000, std=1.5, generator=torch.Generator().manual_seed(2),
+    with StepNoise(200_000, std=1.5, rng=DPRandom(unsafe_seed=2),
                    helper=not helper) as again:
         again.begin(20 * 5000, row_std=row_std)
         assert torch.equal(again.buffers[again.take()][:100_000], buffer[:100_000])
 
 
 def test_a_draw_that_does_not_fit_is_refused() -> None:
-    with StepNoise(100, std=1.0, generator=None, helper=False) as noise:
+    with StepNoise(100, std=1.0, rng=DPRandom(), helper=False) as noise:
         for numel, row_std in [(101, None), (-1, None), (30, torch.ones(7)),
                                (10, torch.zeros(0)), (10, torch.ones(2, 5))]:
             with pytest.raises(ValueError, match="does not fit"):

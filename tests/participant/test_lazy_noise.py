@@ -14,8 +14,10 @@ from torch import nn
 import participant.dp_sgd as dp_sgd
 from chem.models import EndpointSpec, ModelSpec, build_model, masked_loss
 from chem.sparse_rows import SparseBatch, SparseRows
+from participant.dp_random import DPRandom
 from participant.dp_sgd import DPTrainingResult, dp_train
 from participant.lazy_noise import LazyColumnNoise, plain_sgd_group
+from protocols.errors import ConfigError
 
 
 @pytest.fixture
@@ -60,7 +62,7 @@ class _Case:
               **dp: Any) -> DPTrainingResult:
         return dp_train(model, self.n, lambda pred, idx: masked_loss(
             pred, self.y[idx], self.mask[idx], self.spec, reduction="none"),
-            inputs, generator=torch.Generator().manual_seed(seed), **dp)
+            inputs, unsafe_seed=seed, **dp)
 
 
 @pytest.mark.parametrize("helper", [False, True])
@@ -76,7 +78,7 @@ def test_each_read_sees_exactly_the_noise_owed_since_the_last_one(helper: bool) 
     last_value = torch.zeros(n_in, out)
     owed_since = np.zeros(n_in)
     standardized: list[torch.Tensor] = []
-    with LazyColumnNoise(weight, std=std, lr=lrs[0], generator=torch.Generator().manual_seed(3),
+    with LazyColumnNoise(weight, std=std, lr=lrs[0], rng=DPRandom(unsafe_seed=3),
                          helper=helper) as owed:
         for t in range(steps):
             # dp_train's order: the next batch's columns are prepared before this
@@ -124,7 +126,7 @@ def test_a_changed_learning_rate_is_still_owed_exactly() -> None:
 
     dp_train(nn.Sequential(layer), n, loss, SparseRows.from_dense(x).gather,
              noise_multiplier=sigma, max_grad_norm=clip, sample_rate=q, steps=30,
-             optimizer=opt, generator=torch.Generator().manual_seed(5))
+             optimizer=opt, unsafe_seed=5)
     assert len(lrs) == 30 and len(set(lrs)) == 30
     std = sigma * clip / round(q * n)
     expected = std * np.sqrt(sum(lr * lr for lr in lrs))
@@ -227,7 +229,7 @@ def test_noise_still_owed_is_added_when_a_step_raises() -> None:
         dp_train(nn.Sequential(layer), n, loss, SparseRows.from_dense(x).gather,
                  noise_multiplier=sigma, max_grad_norm=clip, sample_rate=q, steps=30,
                  optimizer=torch.optim.SGD(layer.parameters(), lr=1.0),
-                 generator=torch.Generator().manual_seed(6))
+                 unsafe_seed=6)
     expected = sigma * clip / round(q * n) * np.sqrt(fail_at - 1)
     z = (layer.weight.detach().flatten() / expected).numpy()
     assert abs(z.std() - 1.0) < 0.03
@@ -260,3 +262,31 @@ def test_only_plain_sgd_may_owe_noise(make: object) -> None:
     plain = torch.optim.SGD(layer.parameters(), lr=0.1)
     assert plain_sgd_group(plain, layer.weight) is plain.param_groups[0]
     assert plain_sgd_group(plain, nn.Parameter(torch.zeros(1))) is None
+
+
+@pytest.mark.parametrize("stale", [30.0, 0.0])
+def test_stale_gradient_on_a_lazily_noised_weight_is_never_applied(
+        stale: float, made: list[LazyColumnNoise]) -> None:
+    """A ``.grad`` left on a weight whose noise is owed was applied by ``optimizer.step()``
+    at every step, unclipped and without noise (a measured shift of 30 in one weight)."""
+    n, d_in = 200, 64
+    x = _fingerprints(n, d_in, 2, seed=3).float()
+    layer = nn.Linear(d_in, 8)
+    nn.init.zeros_(layer.weight)
+    layer.weight.grad = torch.zeros_like(layer.weight)
+    layer.weight.grad[0, 0] = stale  # e.g. from an earlier backward on the same model
+
+    def train() -> None:
+        dp_train(nn.Sequential(layer), n, lambda pred, idx: pred.sum(dim=1) * 0.0,
+                 SparseRows.from_dense(x).gather, noise_multiplier=0.0, max_grad_norm=1.0,
+                 sample_rate=0.05, steps=5, optimizer=torch.optim.SGD(layer.parameters(),
+                                                                      lr=1.0))
+
+    if stale:
+        with pytest.raises(ConfigError, match="already holds a gradient"):
+            train()
+        assert not made  # refused before any step
+    else:
+        train()  # a zeroed gradient is harmless: cleared, then trained as usual
+        assert made, "the weight should have owed its noise (the case under test)"
+    assert torch.count_nonzero(layer.weight.detach()) == 0  # no noise, no gradient: no move
