@@ -166,3 +166,11 @@ def test_error_text_never_leaves_the_site(
         blobs = b"".join(o.deflate() for o in get_all_nested_objects(reply).values())
         for needle in (SECRET, "project-zeta", "herg-secret", "measured", "Traceback"):
             assert needle.encode() not in blobs, (what, needle)
+
+
+def test_every_refusal_reason_code_is_documented() -> None:
+    from protocols.messages import REFUSAL_REASONS
+
+    text = DOC.read_text(encoding="utf-8")
+    section = text[text.index("## Refusals"):].split("\n## ", 1)[0]
+    assert {code for code in REFUSAL_REASONS if f"`{code}`" not in section} == set()
