@@ -95,7 +95,7 @@ def _dp_delta(n_examples: int, seed: int) -> tuple[tuple[str, np.ndarray], ...]:
                    loss_fn=lambda p, yb, mb: masked_loss(p, yb, mb, model.spec, reduction="none"),
                    max_grad_norm=DP["max-grad-norm"], noise_multiplier=sigma,
                    sample_rate=min(1.0, DP["batch-size"] / n_examples), steps=steps,
-                   lr=DP["learning-rate"], optimizer="sgd", generator=g)
+                   lr=DP["learning-rate"], optimizer="sgd", unsafe_seed=seed)
     after = get_weights(model)
     return tuple((k, (after[k] - before[k]).astype(np.float32)) for k in sorted(before))
 
