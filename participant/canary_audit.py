@@ -206,6 +206,7 @@ def run_canary_audit(initial: MultiTaskMLP, data: tuple[np.ndarray, np.ndarray, 
                     "this run demonstrates that the audit detects missing noise", sigma)
         sigma = 0.0
     x, y, m = data
+
     def tensors(*arrays: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         a, b, c = (torch.from_numpy(np.ascontiguousarray(v, np.float32)) for v in arrays)
         return a, b, c

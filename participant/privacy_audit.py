@@ -35,12 +35,11 @@ from participant.calibration import calibrate
 from participant.canary_audit import DPMechanism, craft_canaries, run_canary_audit
 from participant.config import ParticipantConfig
 from participant.data import SiteData, load_site_data
-from participant.epsilon_lower_bound import max_epsilon_lower_bound
 from participant.membership_inference import AttackData, run_attacks, train_shadows
 from participant.privacy_training import train_dp_round
 from protocols.errors import ConfigError
 
-__all__ = ["AuditPlan", "attack_targets", "run_privacy_audit", "site_model_spec"]
+__all__ = ["AuditPlan", "attack_targets", "canary_audits", "run_privacy_audit", "site_model_spec"]
 
 # (stage, done, total): drives the CLI's progress bar.
 Progress = Callable[[str, int, int], None]
@@ -176,24 +175,34 @@ def run_privacy_audit(cfg: ParticipantConfig, plan: AuditPlan = AuditPlan(), *,
         targets[name] = (model, None)
     attacks = attack_targets(targets, attack_data, plan=plan, progress=progress)
 
+    canary_results = canary_audits(data, spec, plan, delta=cfg.delta,
+                                   unsafe_disable_noise=unsafe_disable_noise, progress=progress)
+    return {"site": cfg.name, "plan": asdict(plan), "delta": cfg.delta,
+            "members": len(data.x_train), "non_members": len(data.x_valid),
+            "membership_inference": attacks, "canary_audit": canary_results,
+            "unsafe_noise_disabled": unsafe_disable_noise,
+            "seconds": time.perf_counter() - t0}
+
+
+def canary_audits(data: SiteData, spec: ModelSpec, plan: AuditPlan, *, delta: float,
+                  unsafe_disable_noise: bool = False,
+                  progress: Progress | None = None) -> list[dict[str, Any]]:
+    """The canary audit at the plan's ε and at ``audit_epsilon``; JSON-ready rows."""
+    stage = progress or (lambda *_: None)
     canary_results = []
     rng = np.random.default_rng(plan.seed)
     initial = build_model(spec, seed=plan.seed)
     canaries = craft_canaries(initial, data.x_valid, data.mask_valid, k=plan.canaries,
                               x_train=data.x_train, rng=rng)
     for eps in sorted({plan.audit_epsilon, plan.epsilon}):
-        mech = _dp_mechanism(plan, data.n_train, eps, cfg.delta)
-        label = f"canary audit at ε={eps:g}"
+        mech = _dp_mechanism(plan, data.n_train, eps, delta)
+        label = f"canary audit at ε={eps:g}" + (" (UNSAFE: no noise)" if unsafe_disable_noise
+                                               else "")
         result = run_canary_audit(
             copy.deepcopy(initial), (data.x_train, data.y_train, data.mask_train), canaries,
             mechanism=mech, runs=plan.runs, unsafe_disable_noise=unsafe_disable_noise,
             on_run=lambda r, lab=label: stage(lab, r + 1, 2 * plan.runs))
         canary_results.append({"target_epsilon": eps, "mechanism": asdict(mech),
-                               "refutable": max_epsilon_lower_bound(
-                                   runs=plan.runs - plan.runs // 2, delta=result.claimed_delta
-                               ) > result.claimed_epsilon, **result.to_dict()})
-    return {"site": cfg.name, "plan": asdict(plan), "delta": cfg.delta,
-            "members": len(data.x_train), "non_members": len(data.x_valid),
-            "membership_inference": attacks, "canary_audit": canary_results,
-            "unsafe_noise_disabled": unsafe_disable_noise,
-            "seconds": time.perf_counter() - t0}
+                               "refutable": result.bound.ceiling > result.claimed_epsilon,
+                               **result.to_dict()})
+    return canary_results

@@ -64,16 +64,18 @@ def markdown_section(result: dict[str, Any], *, plot_name: str | None, level: in
               "| target ε | canaries | runs (with / without) | claimed ε (accountant) | "
               "empirical ε lower bound (95 %) | ceiling at these runs | verdict |",
               "|---|---|---|---|---|---|---|"]
-    for c in result["canary_audit"]:
+    for c in result["canary_audit"] + result.get("canary_audit_noise_off", []):
         verdict = ("**FLAGGED**: the implementation leaks more than it claims" if c["flagged"]
                    else "consistent" if c["refutable"]
                    else "consistent (inconclusive: these runs cannot show a bound this high)")
-        lines.append(f"| {c['target_epsilon']:g} | {c['canaries']} | {c['runs']} / {c['runs']} "
+        target = f"{c['target_epsilon']:g}" + (" (UNSAFE: noise off)"
+                                               if c["unsafe_noise_disabled"] else "")
+        lines.append(f"| {target} | {c['canaries']} | {c['runs']} / {c['runs']} "
                      f"| {c['claimed_epsilon']:.3f} | {c['epsilon_lower_bound']:.3f} | "
                      f"{c['bound']['ceiling']:.3f} | {verdict} |")
-    if result.get("unsafe_noise_disabled"):
-        lines += ["", "**UNSAFE demonstration**: the canary runs trained with noise_multiplier 0 "
-                  "while the claim stayed the calibrated one."]
+    if result.get("unsafe_noise_disabled") or result.get("canary_audit_noise_off"):
+        lines += ["", "**UNSAFE demonstration** (noise off rows): those canary runs trained with "
+                  "noise_multiplier 0 while the claim stayed the calibrated one."]
     lines += ["", "The lower bound follows Jagielski et al. 2020 (Clopper-Pearson intervals, "
               "threshold chosen on half of the runs); a sound implementation keeps it below "
               "the claim. `docs/privacy-audit.md` explains how to read these numbers."]
