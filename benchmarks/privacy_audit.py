@@ -42,13 +42,9 @@ def main() -> None:
     from chem.featurizers import get_spec
     from participant.config import ParticipantConfig
     from participant.data import load_site_data
-    from participant.privacy_audit import (
-        AuditPlan,
-        canary_audits,
-        run_privacy_audit,
-        site_model_spec,
-    )
+    from participant.privacy_audit import canary_audits, run_privacy_audit, site_model_spec
     from participant.privacy_audit_report import write_audit
+    from simulations.privacy_arm import audit_plan
     from simulations.runner import prepare_seed
     from simulations.scenario import load_scenario
 
@@ -56,11 +52,7 @@ def main() -> None:
     run = prepare_seed(sc, args.out / "site", seed=0, cache=args.cache)
     largest = max(run.partners, key=lambda p: sum(t for t, _ in p.counts.values()))
     cfg = ParticipantConfig.load(run.participant_configs[largest.index])
-    plan = AuditPlan(featurizer=sc.featurizer, hidden_dims=sc.hidden_dims, dropout=sc.dropout,
-                     batch_size=sc.batch_size, local_epochs=sc.local_epochs, rounds=sc.rounds,
-                     learning_rate=sc.learning_rate, max_grad_norm=sc.max_grad_norm,
-                     epsilon=sc.epsilon, shadows=args.shadows, canaries=args.canaries,
-                     runs=args.runs)
+    plan = audit_plan(sc, shadows=args.shadows, canaries=args.canaries, runs=args.runs)
     t0 = time.perf_counter()
     result = run_privacy_audit(cfg, plan)
     audit_seconds = time.perf_counter() - t0

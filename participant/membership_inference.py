@@ -50,6 +50,7 @@ class AttackData:
     x_non_members: np.ndarray
     y_non_members: np.ndarray
     mask_non_members: np.ndarray
+    endpoints: tuple[str, ...] = ()  # the label columns' names, where known
 
     def candidates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """All candidates (members first) and the membership labels."""

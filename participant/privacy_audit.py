@@ -37,9 +37,11 @@ from participant.config import ParticipantConfig
 from participant.data import SiteData, load_site_data
 from participant.membership_inference import AttackData, run_attacks, train_shadows
 from participant.privacy_training import train_dp_round
+from participant.roc_statistics import AttackMetrics
 from protocols.errors import ConfigError
 
-__all__ = ["AuditPlan", "attack_targets", "canary_audits", "run_privacy_audit", "site_model_spec"]
+__all__ = ["AuditPlan", "aligned", "attack_targets", "canary_audits", "run_privacy_audit",
+           "site_model_spec"]
 
 # (stage, done, total): drives the CLI's progress bar.
 Progress = Callable[[str, int, int], None]
@@ -133,6 +135,11 @@ def attack_targets(targets: dict[str, tuple[MultiTaskMLP, Any]], data: AttackDat
     """Both attacks on each ``name -> (model, shadow trainer or None)``; JSON-ready."""
     out: dict[str, Any] = {}
     for name, (model, trainer) in targets.items():
+        if trainer is None:  # a received model: its endpoints, in its order
+            metrics = run_attacks(model, aligned(data, model.spec.endpoint_names),
+                                  shadows=None, n_bootstrap=plan.n_bootstrap, seed=plan.seed)
+            out[name] = _json(metrics)
+            continue
         shadows = None
         if trainer is not None:
             shadows = train_shadows(trainer, data, shadows=plan.shadows, seed=plan.seed,
@@ -140,10 +147,32 @@ def attack_targets(targets: dict[str, tuple[MultiTaskMLP, Any]], data: AttackDat
                                         f"shadows ({n})", s + 1, plan.shadows))
         metrics = run_attacks(model, data, shadows=shadows, n_bootstrap=plan.n_bootstrap,
                               seed=plan.seed)
-        out[name] = {attack: {**m.to_dict(), "roc": {"fpr": m.fpr.tolist(),
-                                                      "tpr": m.tpr.tolist()}}
-                     for attack, m in metrics.items()}
+        out[name] = _json(metrics)
     return out
+
+
+def _json(metrics: dict[str, AttackMetrics]) -> dict[str, Any]:
+    return {attack: {**m.to_dict(), "roc": {"fpr": m.fpr.tolist(), "tpr": m.tpr.tolist()}}
+            for attack, m in metrics.items()}
+
+
+def aligned(data: AttackData, endpoints: tuple[str, ...]) -> AttackData:
+    """``data`` with label columns reordered to ``endpoints``; absent ones are masked out."""
+    names = data.endpoints
+
+    def cols(y: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ya = np.zeros((len(y), len(endpoints)), np.float32)
+        ma = np.zeros_like(ya)
+        for k, e in enumerate(endpoints):
+            if e in names:
+                ya[:, k], ma[:, k] = y[:, names.index(e)], m[:, names.index(e)]
+        return ya, ma
+
+    ym, mm = cols(data.y_members, data.mask_members)
+    yn, mn = cols(data.y_non_members, data.mask_non_members)
+    return AttackData(x_members=data.x_members, y_members=ym, mask_members=mm,
+                      x_non_members=data.x_non_members, y_non_members=yn,
+                      mask_non_members=mn, endpoints=endpoints)
 
 
 def run_privacy_audit(cfg: ParticipantConfig, plan: AuditPlan = AuditPlan(), *,
@@ -160,7 +189,8 @@ def run_privacy_audit(cfg: ParticipantConfig, plan: AuditPlan = AuditPlan(), *,
     spec = site_model_spec(data, cfg, plan)
     attack_data = AttackData(x_members=data.x_train, y_members=data.y_train,
                              mask_members=data.mask_train, x_non_members=data.x_valid,
-                             y_non_members=data.y_valid, mask_non_members=data.mask_valid)
+                             y_non_members=data.y_valid, mask_non_members=data.mask_valid,
+                             endpoints=data.endpoints)
     stage = progress or (lambda *_: None)
     local_trainer = _local_only_trainer(spec, plan)
     dp_trainer = _dp_trainer(spec, plan, cfg.delta)

@@ -105,6 +105,8 @@ def simulate(
     hidden_dims: str | None = typer.Option(None, help="Override the trunk, e.g. 512,128."),
     output: Path | None = typer.Option(None, help="Output directory (default runs/<scenario>)."),
     cache_dir: Path = typer.Option(Path(".fedadmet-cache"), help="Feature cache directory."),
+    privacy_audit: bool = typer.Option(False, "--privacy-audit",
+                                       help="Add partner 0's `audit privacy` to the report."),
 ) -> None:
     """Run a scenario: the production apps in Flower's simulation engine, plus the report."""
     from simulations.baseline import parse_seeds
@@ -154,6 +156,14 @@ def simulate(
                       f"{out / 'privacy_utility.png'}; one report per ε under {out}/eps-*")
         return
     files = write_report(results[0], out)
+    if privacy_audit:
+        from simulations.privacy_arm import privacy_audit_arm
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                      console=console) as bar:
+            audit = bar.add_task("privacy audit", total=1)
+            privacy_audit_arm(sc, results[0], out, progress=lambda stage, done, total: bar.update(
+                audit, description=f"privacy audit: {stage}", completed=done, total=total))
     console.print((out / "report.md").read_text(encoding="utf-8"))
     console.print(f"[green]report[/green]: {files['md']} and {files['html']}; receipts verify "
                   f"with `fedadmet audit verify {results[0]['seeds'][0]['receipts_dir']} "
