@@ -102,7 +102,8 @@ def lira_offline_scores(target_losses: np.ndarray, shadows: ShadowLosses) -> np.
     resid = np.where(out, shadow_phi - mu, 0.0)
     dof = max(int(out.sum()) - len(counts), 1)
     sigma = max(float(np.sqrt((resid ** 2).sum() / dof)), 1e-6)
-    return (mu - phi) / sigma
+    scores: np.ndarray = (mu - phi) / sigma
+    return scores
 
 
 def train_shadows(trainer: Trainer, data: AttackData, *, shadows: int, seed: int,

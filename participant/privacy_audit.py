@@ -140,11 +140,12 @@ def attack_targets(targets: dict[str, tuple[MultiTaskMLP, Any]], data: AttackDat
                                   shadows=None, n_bootstrap=plan.n_bootstrap, seed=plan.seed)
             out[name] = _json(metrics)
             continue
-        shadows = None
-        if trainer is not None:
-            shadows = train_shadows(trainer, data, shadows=plan.shadows, seed=plan.seed,
-                                    on_shadow=lambda s, n=name: progress and progress(
-                                        f"shadows ({n})", s + 1, plan.shadows))
+        def on_shadow(s: int, n: str = name) -> None:
+            if progress is not None:
+                progress(f"shadows ({n})", s + 1, plan.shadows)
+
+        shadows = train_shadows(trainer, data, shadows=plan.shadows, seed=plan.seed,
+                                on_shadow=on_shadow)
         metrics = run_attacks(model, data, shadows=shadows, n_bootstrap=plan.n_bootstrap,
                               seed=plan.seed)
         out[name] = _json(metrics)
@@ -228,10 +229,14 @@ def canary_audits(data: SiteData, spec: ModelSpec, plan: AuditPlan, *, delta: fl
         mech = _dp_mechanism(plan, data.n_train, eps, delta)
         label = f"canary audit at ε={eps:g}" + (" (UNSAFE: no noise)" if unsafe_disable_noise
                                                else "")
+
+        def on_run(r: int, lab: str = label) -> None:
+            stage(lab, r + 1, 2 * plan.runs)
+
         result = run_canary_audit(
             copy.deepcopy(initial), (data.x_train, data.y_train, data.mask_train), canaries,
             mechanism=mech, runs=plan.runs, unsafe_disable_noise=unsafe_disable_noise,
-            on_run=lambda r, lab=label: stage(lab, r + 1, 2 * plan.runs))
+            on_run=on_run)
         canary_results.append({"target_epsilon": eps, "mechanism": asdict(mech),
                                "refutable": result.bound.ceiling > result.claimed_epsilon,
                                **result.to_dict()})

@@ -108,7 +108,8 @@ def attack_metrics(scores: np.ndarray, is_member: np.ndarray, *, n_bootstrap: in
     rng = np.random.default_rng(seed)
     pos, neg = s[m], s[~m]
     labels = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
-    boot_auc, boot_tpr = [], {f: [] for f in fprs}
+    boot_auc: list[float] = []
+    boot_tpr: dict[float, list[float]] = {f: [] for f in fprs}
     for _ in range(n_bootstrap):
         b = np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]
         boot_auc.append(roc_auc(b, labels))
