@@ -53,6 +53,7 @@ def test_canaries_carry_an_impossible_label_and_free_marker_columns() -> None:
     assert c.x[:, c.marker_columns].any(axis=1).all()
 
 
+@pytest.mark.slow  # 80 DP trainings: ~5 s idle, minutes on a loaded shared machine
 def test_canary_audit_with_noise_stays_below_the_accountants_epsilon() -> None:
     result = _audit(unsafe_disable_noise=False)
     assert result.bound.ceiling > result.claimed_epsilon  # the claim is refutable here
@@ -60,6 +61,7 @@ def test_canary_audit_with_noise_stays_below_the_accountants_epsilon() -> None:
     assert result.claimed_epsilon == pytest.approx(0.5, abs=0.01)
 
 
+@pytest.mark.slow  # as above
 def test_canary_audit_flags_training_without_noise() -> None:
     result = _audit(unsafe_disable_noise=True)
     assert result.noise_multiplier_used == 0.0 and result.unsafe_noise_disabled
