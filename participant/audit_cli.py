@@ -1,5 +1,7 @@
 """``fedadmet audit``: offline verification and inspection of round receipts.
 
+``audit privacy`` (the empirical privacy audit) lives in ``participant.privacy_audit``.
+
 Receipts are stored one per file, ``receipt-NNNNNN.json``, each holding the
 signed receipt's RFC 8785 canonical bytes (``docs/receipts.md``). Verification
 needs only those files and the coordinator's public key pinned at enrolment:
@@ -132,3 +134,50 @@ def show(
                 (leaf.update_digest or "")[:12])
         console.print(table)
     console.print("[yellow]show does not verify signatures; run `fedadmet audit verify`.[/yellow]")
+
+
+@app.command("privacy")
+def privacy(
+    site: Path = typer.Option(Path("participant.toml"), "--site", exists=True, dir_okay=False,
+                              help="The site's participant.toml."),
+    canaries: int = typer.Option(1, "--canaries", min=1, help="Canary records per audit run."),
+    runs: int = typer.Option(40, "--runs", min=4,
+                             help="Training runs with, and as many without, the canaries."),
+    shadows: int = typer.Option(4, "--shadows", min=2, help="LiRA shadow models per target."),
+    epsilon: float = typer.Option(8.0, "--epsilon", help="The plan's ε for the DP model."),
+    audit_epsilon: float = typer.Option(
+        1.0, "--audit-epsilon", help="A second, smaller claim the canary runs can refute."),
+    output: Path | None = typer.Option(None, "--output",
+                                       help="Report directory (default: <state>/privacy-audit)."),
+    unsafe_disable_noise: bool = typer.Option(
+        False, "--unsafe-disable-noise",
+        help="UNSAFE demonstration: canary runs without noise; the audit must flag them."),
+) -> None:
+    """Membership inference on this site's models and a canary audit of DP-SGD (local only)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from participant.config import ParticipantConfig
+    from participant.privacy_audit import AuditPlan, run_privacy_audit
+    from participant.privacy_audit_report import write_audit
+
+    cfg = ParticipantConfig.load(site)
+    plan = AuditPlan(canaries=canaries, runs=runs, shadows=shadows, epsilon=epsilon,
+                     audit_epsilon=audit_epsilon)
+    console = Console()
+    with Progress(TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                  console=console) as bar:
+        task = bar.add_task("loading site data", total=1)
+
+        def step(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=stage, completed=done, total=total)
+
+        result = run_privacy_audit(cfg, plan, unsafe_disable_noise=unsafe_disable_noise,
+                                   progress=step)
+    paths = write_audit(result, output or cfg.state_dir / "privacy-audit")
+    console.print(paths["md"].read_text(encoding="utf-8"))
+    console.print(f"[green]privacy audit[/green]: {paths['json']}, {paths['md']}, "
+                  f"{paths['roc']}")
+    if any(c["flagged"] for c in result["canary_audit"]):
+        console.print("[red]FLAGGED[/red]: the canary lower bound exceeds the claimed ε")
+        sys.exit(1)

@@ -109,6 +109,8 @@ def simulate(
     check_data: bool = typer.Option(False, "--check-data", help="Only load and partition the "
                                     "data: print the input-data report and write it to "
                                     "data-report.json, without federating."),
+    privacy_audit: bool = typer.Option(False, "--privacy-audit",
+                                       help="Add partner 0's `audit privacy` to the report."),
 ) -> None:
     """Run a scenario: the production apps in Flower's simulation engine, plus the report."""
     from simulations.baseline import parse_seeds
@@ -161,6 +163,14 @@ def simulate(
                       f"{out / 'privacy_utility.png'}; one report per ε under {out}/eps-*")
         return
     files = write_report(results[0], out)
+    if privacy_audit:
+        from simulations.privacy_arm import privacy_audit_arm
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                      console=console) as bar:
+            audit = bar.add_task("privacy audit", total=1)
+            privacy_audit_arm(sc, results[0], out, progress=lambda stage, done, total: bar.update(
+                audit, description=f"privacy audit: {stage}", completed=done, total=total))
     console.print((out / "report.md").read_text(encoding="utf-8"))
     console.print(f"[green]report[/green]: {files['md']} and {files['html']}; receipts verify "
                   f"with `fedadmet audit verify {results[0]['seeds'][0]['receipts_dir']} "
