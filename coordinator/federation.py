@@ -61,8 +61,6 @@ from protocols.canonical import tensors_digest
 from protocols.errors import (
     AdmissionError,
     ConfigError,
-    MessageValidationError,
-    ProtocolError,
     ReplyBoundsError,
     RoundFailedError,
 )
@@ -400,8 +398,9 @@ class Federation:
                 log.warning("round %d: reply from %s out of bounds: %s", round, pid[:19], exc)
                 record(pid, "rejected", exc.reason)
                 continue
-            except (ProtocolError, MessageValidationError, ValueError, TypeError) as exc:
-                log.warning("round %d: malformed reply from %s: %s", round, pid[:19], exc)
+            except Exception as exc:  # a peer's bytes never end a round
+                log.warning("round %d: malformed reply from %s: %s: %.200s", round, pid[:19],
+                            type(exc).__name__, exc)
                 record(pid, "rejected", "malformed")
                 continue
             message: Signed | None = decoded.refusal or decoded.submission
@@ -551,7 +550,9 @@ class Federation:
                 continue
             try:
                 metrics, refusal = codec.decode_evaluate_reply(reply.content)
-            except (ProtocolError, ValueError, TypeError):
+            except Exception as exc:  # a peer's bytes never end a round
+                log.warning("round %d: malformed evaluate reply from %s: %s", round, pid[:19],
+                            type(exc).__name__)
                 dropped[pid] = "malformed"
                 continue
             if refusal is not None:

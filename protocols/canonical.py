@@ -78,7 +78,7 @@ def strict_json_loads(data: bytes, *, what: str) -> Any:
         text = bytes(data).decode("utf-8")
         return json.loads(text, object_pairs_hook=_refuse_duplicates,
                           parse_constant=_refuse_constant)
-    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    except (ValueError, RecursionError) as exc:  # decode errors; "[[[[..." nested too deep
         raise MessageValidationError(f"{what} is not valid JSON", got=str(exc),
                                      expected="UTF-8 JSON (RFC 8259) without duplicate names"
                                      ) from exc

@@ -24,6 +24,7 @@ Layout (record keys):
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -78,7 +79,7 @@ def _numpy(record: object, key: str) -> dict[str, np.ndarray]:
     for name in record:
         try:
             out[name] = record[name].numpy()
-        except (TypeError, ValueError, EOFError, OSError) as exc:
+        except (TypeError, ValueError, EOFError, OSError, MemoryError) as exc:
             # Array.numpy() loads .npy bytes (allow_pickle=False); anything else is refused here.
             raise MessageValidationError(f"array `{name}` in record `{key}` cannot be decoded",
                                          got=f"{type(exc).__name__}: {exc}",
@@ -125,12 +126,39 @@ def _check_declared(record: ArrayRecord, key: str, shapes: Mapping[str, tuple[in
                                    got=f"{size} bytes", expected=f"at most {limit}")
 
 
+def _check_npy_header(name: str, data: bytes, shape: tuple[int, ...], dtype: str) -> None:
+    """The .npy header inside the payload must say what the metadata said (nothing loaded).
+
+    The header is the peer's too: one claiming shape (2**40,) would make numpy allocate
+    terabytes before any later check ran.
+    """
+    buf = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buf)
+        if version == (1, 0):
+            got_shape, fortran, got_dtype = np.lib.format.read_array_header_1_0(buf)
+        elif version == (2, 0):
+            got_shape, fortran, got_dtype = np.lib.format.read_array_header_2_0(buf)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, EOFError, SyntaxError, TypeError) as exc:
+        raise ReplyBoundsError("metadata-mismatch", f"array `{name}` has no valid .npy header",
+                               got=f"{type(exc).__name__}: {str(exc)[:80]}") from exc
+    if tuple(got_shape) != tuple(shape) or got_dtype != np.dtype(dtype) or fortran:
+        raise ReplyBoundsError("metadata-mismatch",
+                               f"array `{name}`'s .npy header does not match its metadata",
+                               got=f"{got_dtype}{tuple(got_shape)[:4]}",
+                               expected=f"{dtype}{tuple(shape)}")
+
+
 def _declared_numpy(record: object, key: str, shapes: Mapping[str, tuple[int, ...]],
                     dtype: str) -> dict[str, np.ndarray]:
     if not isinstance(record, ArrayRecord):
         raise MessageValidationError(f"record `{key}` is not an ArrayRecord",
                                      got=type(record).__name__)
     _check_declared(record, key, shapes, dtype)
+    for name in record:
+        _check_npy_header(name, record[name].data, tuple(shapes[name]), dtype)
     out = _numpy(record, key)
     for name, array in out.items():
         if array.dtype != np.dtype(dtype) or tuple(array.shape) != tuple(shapes[name]):
@@ -157,8 +185,9 @@ def _parse(record: object, key: str, cls: type[W]) -> W:
                                      expected=f"at most {MAX_WIRE_JSON_BYTES}")
     try:
         data = json.loads(text)
-    except ValueError as exc:
-        raise MessageValidationError(f"record `{key}` is not JSON", got=str(exc)) from exc
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
+        raise MessageValidationError(f"record `{key}` is not JSON",
+                                     got=f"{type(exc).__name__}: {str(exc)[:80]}") from exc
     message = cls.from_dict(data)
     if message.canonical_bytes().decode("utf-8") != text:
         raise MessageValidationError(f"record `{key}` is not in canonical form",

@@ -11,15 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coordinator.federation import Federation
+from coordinator.federation import Federation, Weights
+from protocols import flower_codec as codec
 from protocols.errors import RoundFailedError
+from protocols.messages import RoundInstruction
 from protocols.receipts import RoundReceipt, parse_receipt
 from protocols.signing import fingerprint
 from tests.coordinator.grid_simulator import (
     OUTSIDER,
+    Script,
     Site,
     error,
     federation,
@@ -296,3 +300,41 @@ def test_no_mix_of_replies_crashes_a_round_or_its_receipt(names: list[str]) -> N
         assert len(names) <= len(ids) <= len(names) + names.count("twice-a")
         accepted = [leaf for leaf in receipt.leaves if leaf.status == "accepted"]
         assert math.isclose(sum(leaf.weight for leaf in accepted), 1.0, rel_tol=1e-9)
+
+
+def _nested_json(msg: Message, ins: RoundInstruction, weights: Weights) -> list[Message]:
+    """A 50 kB reply of nested brackets: json.loads raises RecursionError."""
+    return [Message(RecordDict({"fedadmet.refusal": ConfigRecord({"json": "[" * 50_000})}),
+                    reply_to=msg)]
+
+
+def _lying_npy_header(site: Site) -> Script:
+    """An honest submission whose delta's .npy header claims 2**40 floats (4 TiB)."""
+    def script(msg: Message, ins: RoundInstruction, weights: Weights) -> list[Message]:
+        from tests.protocols.test_flower_codec import _with_npy_header
+
+        sub, delta, metrics = site.submission(ins, weights)
+        content = codec.encode_train_reply(sub, delta, metrics)
+        record = content["fedadmet.delta"]
+        assert isinstance(record, ArrayRecord)
+        name = sorted(delta)[0]
+        record[name] = _with_npy_header(delta[name], (2**40,))
+        return [Message(content, reply_to=msg)]
+    return script
+
+
+def test_tiny_reply_with_a_lying_npy_header_does_not_crash_the_round(tmp_path: Path) -> None:
+    fed = federation(tmp_path, {1: Site(key=A), 2: Site(key=B, seed=1),
+                                3: _lying_npy_header(Site(key=C, seed=2))})
+    summary = fed.run_round(1)
+    assert summary.accepted == 2
+    assert _leaves(fed)["node:3"][:2] == ("rejected", "metadata-mismatch")
+
+
+def test_deeply_nested_json_reply_does_not_crash_train_or_evaluate(tmp_path: Path) -> None:
+    fed = federation(tmp_path, {1: Site(key=A), 2: Site(key=B, seed=1), 3: _nested_json})
+    summary = fed.run_round(1)
+    assert summary.accepted == 2
+    assert _leaves(fed)["node:3"][:2] == ("rejected", "malformed")
+    assert summary.evaluate_reasons.get("node:3") == "malformed"
+    assert len(fed.log.rounds()) == 1  # the round's line was written: nothing left pending

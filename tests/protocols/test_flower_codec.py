@@ -73,7 +73,7 @@ def test_extra_records_are_refused() -> None:
 def test_undecodable_arrays_raise_validation_errors(payload: bytes) -> None:
     bad = Array(dtype="float32", shape=(2, 3), stype="numpy.ndarray", data=payload)
     content = _reply_with("trunk.0.weight", bad)
-    with pytest.raises(MessageValidationError, match="cannot be decoded"):
+    with pytest.raises(MessageValidationError, match=r"cannot be decoded|no valid \.npy header"):
         codec.decode_train_reply(content, shapes=SHAPES)
 
 
@@ -205,3 +205,39 @@ def test_reply_byte_budget_is_the_model_plus_small_slack() -> None:
     assert isinstance(delta, ArrayRecord)
     assert sum(len(delta[k].data) for k in delta) <= budget
     assert set(codec.decode_train_reply(content, shapes=model).delta) == set(model)
+
+
+def _with_npy_header(array: np.ndarray, header_shape: tuple[int, ...]) -> Array:
+    """An Array whose metadata is honest but whose .npy header claims ``header_shape``."""
+    honest = Array(array)
+    data = honest.data
+    assert isinstance(data, bytes)
+    good = f"'shape': {tuple(array.shape)}".encode()
+    forged = f"'shape': {header_shape}".encode()
+    assert good in data[:128]
+    head_end = data.index(b"\n") + 1
+    header = data[:head_end].replace(good, forged)
+    # keep the header's padded length so the payload offset stays where numpy expects it
+    header = header[:-1].rstrip(b" ")
+    pad = head_end - 1 - len(header)
+    assert pad >= 0
+    data = header + b" " * pad + b"\n" + data[head_end:]
+    return Array(dtype=honest.dtype, shape=tuple(honest.shape), stype=honest.stype, data=data)
+
+
+def test_npy_header_claiming_terabytes_is_rejected_before_loading() -> None:
+    # Metadata says (2, 3); the header inside the payload says 2**40 floats. Loading it
+    # would try to allocate 4 TiB (MemoryError) before any later check ran.
+    content = codec.encode_train_reply(submission(MEMBERS[0]), ARRAYS, {})
+    record = content["fedadmet.delta"]
+    assert isinstance(record, ArrayRecord)
+    record["trunk.0.weight"] = _with_npy_header(ARRAYS["trunk.0.weight"], (2**40,))
+    with pytest.raises(ReplyBoundsError) as err:
+        codec.decode_train_reply(content, shapes=SHAPES)
+    assert err.value.reason == "metadata-mismatch"
+
+
+def test_deeply_nested_json_is_malformed_not_a_crash() -> None:
+    content = RecordDict({"fedadmet.refusal": ConfigRecord({"json": "[" * 50_000})})
+    with pytest.raises(MessageValidationError):
+        codec.decode_train_reply(content, shapes=SHAPES)
