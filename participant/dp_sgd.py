@@ -173,9 +173,22 @@ class _Tape:
                 norm_sq += g_sq
         norms = norm_sq.sqrt_()
         factor = (max_grad_norm / (norms + 1e-6)).clamp_(max=1.0).unsqueeze(1)
+        bad = ~torch.isfinite(norms)
+        if bool(bad.any()):
+            # A model can overflow on chosen molecules only (inf - inf = NaN); such a row
+            # would turn the whole noisy sum into NaN, a membership oracle past the noise.
+            # It contributes a zero gradient instead, which is within the clipping bound.
+            rows = bad.unsqueeze(1)
+            factor = factor.masked_fill(rows, 0.0)
+            present = {m: g.masked_fill(rows, 0.0) for m, g in present.items()}
+            for m, x in list(self.inputs.items()):
+                if isinstance(x, torch.Tensor):
+                    self.inputs[m] = x.masked_fill(rows, 0.0)
+            norms = norms.masked_fill(bad, 0.0)
         scaled = {m: g * factor for m, g in present.items()}
-        return scaled, ClippedGradients(norms=norms.detach(),
-                                        loss_sum=float(losses.detach().sum()))
+        loss_sum = float(losses.detach()[~bad].sum()) if bool(bad.any()) else float(
+            losses.detach().sum())
+        return scaled, ClippedGradients(norms=norms.detach(), loss_sum=loss_sum)
 
 
 def _squared_row_norms(x: Inputs) -> torch.Tensor:

@@ -71,11 +71,17 @@ def metric_name(task: str) -> str:
 
 def _contributions(y: np.ndarray, pred: np.ndarray, e: EndpointBound, *,
                    error_bound: float) -> np.ndarray:
-    """Each labelled molecule's term, in [0, 1]."""
-    if e.task == "classification":
-        return np.asarray(np.clip((pred - y) ** 2, 0.0, 1.0), dtype=np.float64)
-    return np.asarray(np.minimum(np.abs(pred - y) / e.target_scale, error_bound) / error_bound,
-                      dtype=np.float64)
+    """Each labelled molecule's term, in [0, 1].
+
+    A non-finite prediction (a model crafted to overflow on chosen molecules) counts as the
+    worst term, 1: a NaN would otherwise make the whole noisy sum NaN whatever the noise.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        if e.task == "classification":
+            raw = np.clip((pred - y) ** 2, 0.0, 1.0)
+        else:
+            raw = np.minimum(np.abs(pred - y) / e.target_scale, error_bound) / error_bound
+    return np.asarray(np.where(np.isfinite(raw), raw, 1.0), dtype=np.float64)
 
 
 def _sums(y: np.ndarray, pred: np.ndarray, mask: np.ndarray,

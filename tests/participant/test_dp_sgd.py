@@ -239,3 +239,33 @@ def test_optimizer_over_foreign_parameters_is_refused() -> None:
                  noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.5, steps=1,
                  optimizer=torch.optim.SGD([*model.parameters(), stray], lr=0.1))
     assert "outside the model" in str(err.value)
+
+
+def test_model_overflowing_on_chosen_molecules_cannot_nan_the_update() -> None:
+    # A hostile coordinator's finite weights that overflow float32 only on molecules with a
+    # chosen feature: without a guard one such molecule makes the whole noisy sum NaN, so
+    # "is the delta NaN?" answers "is the molecule in the training set?" past the noise.
+    torch.manual_seed(0)
+    spec = _spec(4, (3,))
+    model = build_model(spec).float()
+    first = model.trunk[0]
+    assert isinstance(first, nn.Linear)
+    with torch.no_grad():
+        first.weight[:, 3] = 3e38  # feature 3 marks the target molecule
+    x, y, mask = (t.float() for t in _batch(6, 4, seed=1))
+    x[:, 3] = 0.0
+    x[2, 3] = 1.0  # only molecule 2 carries it
+    x[2, :3] = 0.0
+
+    def grads(rows: list[int]) -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        clip_and_sum(model, x[rows],
+                     lambda out: masked_loss(out, y[rows], mask[rows], spec, reduction="none"),
+                     max_grad_norm=1.0)
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    with_target, without = grads(list(range(6))), grads([0, 1, 3, 4, 5])
+    assert all(torch.isfinite(g).all() for g in with_target.values())
+    # the overflowing molecule contributes a zero gradient: the sum is the others' alone
+    for name, g in without.items():
+        assert torch.allclose(with_target[name], g, atol=1e-5), name

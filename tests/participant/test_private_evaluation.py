@@ -74,3 +74,19 @@ def test_noise_is_fresh_os_entropy_by_default() -> None:
     a = release_metrics(y, pred, mask, [REG], noise_multiplier=1.0)
     b = release_metrics(y, pred, mask, [REG], noise_multiplier=1.0)
     assert a != b
+
+
+def test_crafted_nan_prediction_cannot_zero_the_released_metric() -> None:
+    # One NaN prediction made the sum NaN, and max(0, NaN) released exactly 0.0 whatever the
+    # noise: a membership oracle. It now counts as the worst term.
+    endpoints = [EndpointBound(name="logs", task="regression", target_scale=1.0)]
+    y = np.array([[0.0], [1.0], [2.0]])
+    mask = np.ones_like(y)
+    pred = np.array([[0.5], [float("nan")], [2.5]])
+    worst = np.array([[0.5], [1.0 + 2.0], [2.5]])  # an error at the bound
+    got = exact_metrics(y, pred, mask, endpoints, error_bound=2.0)
+    assert math.isfinite(got["logs.mae"])
+    assert got == exact_metrics(y, worst, mask, endpoints, error_bound=2.0)
+    released = release_metrics(y, pred, mask, endpoints, noise_multiplier=1.0,
+                               rng=random.Random(0))
+    assert all(math.isfinite(v) for v in released.values())
