@@ -150,12 +150,17 @@ def test_two_rounds_with_a_fixed_global_model_share_no_enumerable_seed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     kit = make_site(tmp_path, n=120)
     per_round = []
+    receipts = []  # round 2 trains only with round 1's verified receipt (silence is not consent)
     for r in (1, 2):
         rec = _Recorder(monkeypatch)
-        result = Site(kit.config).train(kit.instruction(round=r), kit.global_weights)
+        result = Site(kit.config).train(kit.instruction(round=r, receipts=receipts),
+                                        kit.global_weights)
         assert result.refusal is None and result.submission is not None
         per_round.append(rec)
         monkeypatch.undo()
+        receipts = [kit.receipt(r, submission=result.submission,
+                                model_before=kit.instruction(round=r).global_model_digest,
+                                model_after=kit.instruction(round=r).global_model_digest)]
     for rec in per_round:
         assert rec.states, "the round drew nothing through participant.dp_random"
         assert not any(rec.seeded), "a site round used the unsafe seeded path"
