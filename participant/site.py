@@ -78,7 +78,23 @@ from protocols.messages import (
 )
 from protocols.signing import fingerprint, load_private_key, load_public_key
 
-__all__ = ["Site", "TrainResult", "reason_for"]
+__all__ = ["Site", "TrainResult", "epsilon_claim", "reason_for"]
+
+
+EPSILON_CLAIM_GRID = 1 / 16
+
+
+def epsilon_claim(spent: float, *, ceiling: float) -> float:
+    """The ε a submission claims: ``spent`` rounded up to a public grid, at most ``ceiling``.
+
+    The exact spend is a one-to-one function of the site's size under the public plan, and
+    every member reads it in the receipts; admission needs only an upper bound. Rounded up to
+    1/16 (and to the budget ceiling when that is lower) it stays an honest upper bound.
+    """
+    if not math.isfinite(spent):
+        return 1e308
+    grid = math.ceil(spent / EPSILON_CLAIM_GRID) * EPSILON_CLAIM_GRID
+    return max(spent, min(grid, ceiling))
 
 
 @contextlib.contextmanager
@@ -394,7 +410,8 @@ class Site:
             protocol_version=PROTOCOL_VERSION, federation_id=ins.federation_id, round=ins.round,
             participant_fingerprint=self.fingerprint, base_model_digest=global_digest,
             delta_digest=tensors_digest(delta), num_examples=num_examples,
-            claimed_epsilon=entry_eps if math.isfinite(entry_eps) else 1e308,
+            claimed_epsilon=epsilon_claim(entry_eps, ceiling=min(
+                ins.dp_plan.target_epsilon, self.cfg.max_epsilon)),
             delta=self.cfg.delta, metrics_digest=sha256_hex(canonical_json(metrics)))
         submission = unsigned.signed(self.key)
         # Order matters for crash safety: pending heads, outbox, ledger, heads, then send.
