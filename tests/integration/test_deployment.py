@@ -94,8 +94,11 @@ def test_three_members_finish_three_rounds_and_an_unenrolled_node_is_refused(
     for raw in _receipts(state):  # the three enrolled members, nobody else
         assert {leaf.participant_fingerprint for leaf in parse_receipt(raw).leaves} == enrolled
     for m in fed.members:
-        spent = [e for e in m.ledger().entries() if e.federation_id == "three-rounds"]
+        entries = [e for e in m.ledger().entries() if e.federation_id == "three-rounds"]
+        spent = [e for e in entries if e.release == "train"]
         assert [e.round for e in spent] == [1, 2, 3]
+        # each round's federated evaluation is charged once too (noised, docs/threat-model.md)
+        assert [e.round for e in entries if e.release == "evaluate"] == [1, 2, 3]
         assert 0 < spent[0].epsilon_after < spent[1].epsilon_after < spent[2].epsilon_after
     assert (state / "global_model.npz").exists()
     assert not stranger.node_ids()  # never got a SuperNode ID
@@ -182,8 +185,10 @@ def test_killed_serverapp_resumes_from_its_checkpoint_without_double_counting(
     for name, digest in outboxes.items():  # the stored update was resent, not retrained
         assert digest in digests, name
     for m in fed.members:  # one spend per (federation, round), whatever was retried
-        assert [e.round for e in m.ledger().entries() if e.federation_id == "resumed"] \
-            == [1, 2], m.name
+        entries = [e for e in m.ledger().entries() if e.federation_id == "resumed"]
+        assert [e.round for e in entries if e.release == "train"] == [1, 2], m.name
+        evaluated = [e.round for e in entries if e.release == "evaluate"]
+        assert len(evaluated) == len(set(evaluated)) and set(evaluated) <= {1, 2}, m.name
     assert fed.task_token_refusals() == []
 
 

@@ -61,7 +61,7 @@ def test_evaluate_without_a_receipt_is_refused(tmp_path: Path) -> None:
     kit, site, _ = _trained(tmp_path)
     metrics, refusal = site.evaluate(kit.instruction(), kit.global_weights)
     assert metrics == {} and refusal is not None and refusal.reason == "receipts-missing"
-    assert refusal.detail == ""
+    assert "detail" not in refusal.to_dict()  # a reason code, no free text
     assert [e.release for e in _ledger(kit).entries()] == ["train"]
 
 
@@ -160,7 +160,8 @@ def test_coordinator_withholding_receipts_stops_training(tmp_path: Path) -> None
     kit, site, result = _trained(tmp_path)
     refused = site.train(kit.instruction(round=2), kit.global_weights)
     assert refused.submission is None and refused.refusal is not None
-    assert refused.refusal.reason == "receipts-missing" and refused.refusal.detail == ""
+    assert refused.refusal.reason == "receipts-missing"
+    assert "detail" not in refused.refusal.to_dict()
     assert len(_ledger(kit).entries()) == 1  # no ε spent on the withheld round
     # the late receipt is accepted (the outbox kept what it is checked against)
     again = site.train(kit.instruction(round=2, receipts=[_receipt(kit, result)]),
