@@ -5,6 +5,10 @@ two left heads from a round the ledger did not count; the next round trained
 from them and the ledger undercounted. Here the real site is interrupted at
 each boundary (in process by an exception nothing catches, and by SIGKILL in a
 child process), then the coordinator either retries the round or moves on.
+
+Receipts are mandatory: a site trains round r only holding a verified receipt
+for every earlier round it spent ε in. So every instruction here carries the
+coordinator's signed receipts of the rounds it has closed (:class:`Coordinator`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,9 @@ from participant.heads import PrivateHeadStore
 from participant.ledger import PrivacyLedger
 from participant.outbox import Outbox
 from participant.site import Site
+from protocols.canonical import tensors_digest
+from protocols.messages import RoundInstruction, UpdateSubmission
+from protocols.receipts import RoundReceipt
 from tests.participant.site_factory import SiteKit, make_site
 
 # Where a crash can fall, in the order Site._train reaches them after training.
@@ -33,6 +41,33 @@ BOUNDARIES = ("after-training", "after-pending-heads", "after-outbox", "after-le
 
 
 ROUNDS = 5
+
+
+@dataclass
+class Coordinator:
+    """The site, and what the coordinator knows of it: the updates it received, and one
+    signed receipt per closed round (a chain, as ``Federation`` issues them)."""
+
+    kit: SiteKit
+    received: dict[int, UpdateSubmission] = field(default_factory=dict)
+    receipts: list[RoundReceipt] = field(default_factory=list)
+
+    def instruction(self, round: int) -> RoundInstruction:
+        """Round ``round``'s instruction, delivering the receipts of every earlier round.
+
+        Sending round ``round`` closes the rounds before it: the site's leaf is accepted
+        with the update received, or ``dropped`` if none came (the site crashed before
+        replying). A retried round is not closed yet, so its retry carries the same
+        receipts as the first attempt."""
+        digest = tensors_digest(self.kit.global_weights)  # the global model never changes
+        while len(self.receipts) < round - 1:
+            r = len(self.receipts) + 1
+            got = self.received.get(r)
+            self.receipts.append(self.kit.receipt(
+                r, submission=got, status="accepted" if got is not None else "dropped",
+                previous=self.receipts[-1] if self.receipts else None,
+                model_before=digest, model_after=digest))
+        return self.kit.instruction(round=round, rounds=ROUNDS, receipts=self.receipts)
 
 
 class Killed(BaseException):
@@ -73,10 +108,12 @@ def _raise() -> None:
     raise Killed
 
 
-def _train(kit: SiteKit, round: int) -> Any:
-    result = Site(kit.config).train(kit.instruction(round=round, rounds=ROUNDS),
-                                    kit.global_weights)
+def _train(coordinator: Coordinator, round: int) -> Any:
+    kit = coordinator.kit
+    result = Site(kit.config).train(coordinator.instruction(round), kit.global_weights)
     assert result.refusal is None, result.refusal
+    assert result.submission is not None
+    coordinator.received[round] = result.submission  # the reply reached the coordinator
     return result
 
 
@@ -94,23 +131,24 @@ def _agree(kit: SiteKit, *, sent: set[int]) -> set[int]:
 
 
 @pytest.fixture
-def kit(tmp_path: Path) -> Iterator[SiteKit]:
-    kit = make_site(tmp_path, n=120)
-    _train(kit, 1)
-    yield kit
+def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
+    coordinator = Coordinator(make_site(tmp_path, n=120))
+    _train(coordinator, 1)
+    yield coordinator
 
 
-def _crash_round(kit: SiteKit, round: int, boundary: str, how: str,
+def _crash_round(coordinator: Coordinator, round: int, boundary: str, how: str,
                  monkeypatch: pytest.MonkeyPatch) -> None:
     if how == "raise":
         with monkeypatch.context() as m:
             _arm(boundary, m, _raise)
             with pytest.raises(Killed):
-                _train(kit, round)
+                _train(coordinator, round)
         return
+    kit = coordinator.kit
     np.savez(kit.root / "global.npz", **kit.global_weights)
     (kit.root / "instruction.json").write_text(json.dumps(
-        kit.instruction(round=round, rounds=ROUNDS).to_dict()))
+        coordinator.instruction(round).to_dict()))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run([sys.executable, "-c", CHILD, str(kit.root), boundary], env=env,
                           capture_output=True, timeout=300)
@@ -137,18 +175,22 @@ sys.exit(3)  # not killed: the boundary was never reached
 """
 
 
-def _crash_then(kit: SiteKit, *, round: int, boundary: str, how: str, then: str,
+def _crash_then(coordinator: Coordinator, *, round: int, boundary: str, how: str, then: str,
                 monkeypatch: pytest.MonkeyPatch, sent: set[int]) -> set[int]:
-    """Crash ``round`` at ``boundary``, then retry it or move on; returns the rounds sent."""
+    """Crash ``round`` at ``boundary``, then retry it or move on; returns the rounds sent.
+
+    Moving on, the next instruction carries ``round``'s receipt marking this site's leaf
+    dropped (no reply came); the site counts it, one below its halt limit."""
+    kit = coordinator.kit
     before = _agree(kit, sent=sent)
-    _crash_round(kit, round, boundary, how, monkeypatch)
+    _crash_round(coordinator, round, boundary, how, monkeypatch)
     committed_by_crash = boundary in ("after-ledger-commit", "after-heads-promote")
     assert _agree(kit, sent=sent) == before | ({round} if committed_by_crash else set())
     if then == "retry":
-        _train(kit, round)  # resends the stored update (or trains afresh), counts it once
+        _train(coordinator, round)  # resends the stored update (or trains afresh), counts it once
         sent = sent | {round}
     else:
-        _train(kit, round + 1)
+        _train(coordinator, round + 1)
         sent = sent | {round + 1}
     counted = _agree(kit, sent=sent)
     assert counted == sent | ({round} if committed_by_crash else set()) | before
@@ -159,22 +201,22 @@ def _crash_then(kit: SiteKit, *, round: int, boundary: str, how: str, then: str,
 
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 def test_crash_between_heads_and_ledger_never_trains_from_uncounted_heads(
-        kit: SiteKit, boundary: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    sent = _crash_then(kit, round=2, boundary=boundary, how="raise", then="move-on",
+        coordinator: Coordinator, boundary: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent = _crash_then(coordinator, round=2, boundary=boundary, how="raise", then="move-on",
                        monkeypatch=monkeypatch, sent={1})
-    _crash_then(kit, round=4, boundary=boundary, how="raise", then="retry",
+    _crash_then(coordinator, round=4, boundary=boundary, how="raise", then="retry",
                 monkeypatch=monkeypatch, sent=sent)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("boundary", BOUNDARIES)
 def test_sigkill_at_each_train_boundary_keeps_ledger_outbox_and_heads_agreeing(
-        kit: SiteKit, boundary: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    _crash_then(kit, round=2, boundary=boundary, how="kill", then="move-on",
+        coordinator: Coordinator, boundary: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _crash_then(coordinator, round=2, boundary=boundary, how="kill", then="move-on",
                 monkeypatch=monkeypatch, sent={1})
 
 
-def test_the_old_order_is_caught_by_these_checks(kit: SiteKit,
+def test_the_old_order_is_caught_by_these_checks(coordinator: Coordinator,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Heads made current before the commit (the old order), then a crash: ``_agree`` fails."""
     def old_save(self: PrivateHeadStore, params: dict[str, np.ndarray], *, federation_id: str,
@@ -186,6 +228,6 @@ def test_the_old_order_is_caught_by_these_checks(kit: SiteKit,
     with monkeypatch.context() as m:
         _arm("after-outbox", m, _raise)
         with pytest.raises(Killed):
-            _train(kit, 2)
+            _train(coordinator, 2)  # with round 1's receipt: the crash, not the gate, stops it
     with pytest.raises(AssertionError, match="ledger does not count"):
-        _agree(kit, sent={1})
+        _agree(coordinator.kit, sent={1})
