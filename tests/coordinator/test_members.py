@@ -46,7 +46,7 @@ def test_duplicate_enrolment_never_reaches_the_superlink(tmp_path: Path,
 
     from typer.testing import CliRunner
 
-    from coordinator import cli
+    from fedadmet.cli import coordinator as cli
 
     runner = CliRunner()
     done = runner.invoke(cli.app, ["init", str(tmp_path), "--endpoint", "logd:regression"])

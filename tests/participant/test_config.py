@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from participant.cli import supernode_plan
+from fedadmet.cli.main import _mount, app
+from fedadmet.cli.participant import supernode_plan
 from participant.config import ParticipantConfig
 from protocols.errors import ConfigError, DeploymentError
-from simulations.cli import _mount, app
 
 
 def _init(tmp_path: Path) -> Path:

@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 
 from chem.mlflow_model import MODEL_CODE_FILE, load_predictor, save_predictor_files
 from chem.models import build_model, get_weights
+from fedadmet.cli.main import _mount, app
 from participant.finetune import FineTuneOptions, run_finetune
 from protocols.errors import DataError
-from simulations.cli import _mount, app
 from tests.participant.site_factory import SiteKit, make_site
 
 

@@ -38,7 +38,7 @@ app = typer.Typer(help="Run the consortium coordinator (SuperLink + ServerApp)."
 
 DEPLOYMENT_NAME = "coordinator.toml"
 FEDERATION_NAME = "federation.toml"
-FAB_DIR = Path(__file__).resolve().parent / "fab"
+FAB_DIR = Path(__file__).resolve().parents[2] / "coordinator" / "fab"
 CONNECTION = "fedadmet"
 _STARTED = re.compile(r"Successfully started run (\d+)")
 
