@@ -8,8 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedadmet.cli.main import _mount, app
-from fedadmet.cli.participant import supernode_plan
-from participant.config import ParticipantConfig
+from participant.config import ParticipantConfig, supernode_plan
 from protocols.errors import ConfigError, DeploymentError
 
 

@@ -149,9 +149,9 @@ def test_epsilon_override_replaces_a_dp_sweep() -> None:
 
 
 def test_sweep_output_folders_match_the_sweep_report() -> None:
-    from fedadmet.cli.simulate import _eps_dir
+    from simulations.report import eps_dir
 
-    assert [_eps_dir(r.epsilon) for r in load_scenario("dp-sweep").sweep()] == [
+    assert [eps_dir(r.epsilon) for r in load_scenario("dp-sweep").sweep()] == [
         "eps-1", "eps-3", "eps-8", "eps-inf"]
 
 
