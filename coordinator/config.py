@@ -9,14 +9,13 @@ resolved config, with its digest, next to the outputs and in every receipt.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from protocols.canonical import canonical_json, sha256_hex
 from protocols.errors import ConfigError
-from protocols.settings import Table
+from protocols.settings import ConfigPaths, Table, default_tracking_uri, read_toml
 
 __all__ = [
     "AdmissionConfig",
@@ -135,13 +134,7 @@ class FederationConfig:
     def load(cls, path: str | Path) -> FederationConfig:
         """Read and validate ``federation.toml``; relative paths resolve against its folder."""
         path = Path(path)
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError("config", "file not found", got=str(path),
-                              fix="run `fedadmet coordinator init` or fix the path") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("config", f"is not valid TOML ({exc})", got=str(path)) from None
+        raw = read_toml(path, fix="run `fedadmet coordinator init` or fix the path")
         return cls.from_mapping(raw, base_dir=path.parent, source=str(path))
 
     @classmethod
@@ -151,12 +144,7 @@ class FederationConfig:
         root = Table(raw, source=source)
         fed = root.table("federation", required=True)
 
-        def resolve(value: str | None) -> Path | None:
-            if value is None:
-                return None
-            p = Path(value).expanduser()
-            return p if p.is_absolute() else (base_dir / p).resolve()
-
+        resolve = ConfigPaths(base_dir)
         cfg = cls(
             federation_id=fed.text("id", required=True),
             rounds=fed.integer("rounds", 5, min=1, max=10_000),
@@ -225,7 +213,7 @@ class FederationConfig:
     @property
     def tracking_uri_or_default(self) -> str:
         """Tracking URI, defaulting to a SQLite store in the state directory."""
-        return self.tracking_uri or f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
+        return self.tracking_uri or default_tracking_uri(self.state_dir)
 
 
 def _model(t: Table) -> ModelConfig:

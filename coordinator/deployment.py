@@ -15,7 +15,6 @@ import math
 import os
 import re
 import subprocess
-import tomllib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from coordinator.pki import create_pki, write_atomic
 from coordinator.proxy import start_nginx, write_nginx_config
 from coordinator.superlink import SuperLinkPlan, start_superlink, wait_healthy, write_flwr_home
 from protocols.errors import DeploymentError
+from protocols.settings import ConfigPaths, Table, read_toml
 from protocols.signing import fingerprint, load_public_key, private_key_pem
 
 __all__ = [
@@ -81,24 +81,27 @@ class Deployment:
 
     @classmethod
     def load(cls, directory: Path) -> Deployment:
-        """Read ``<directory>/coordinator.toml`` (relative paths against the directory)."""
+        """Read ``<directory>/coordinator.toml`` (relative paths against the directory).
+
+        Validated like every config (:class:`protocols.settings.Table`): a missing or
+        mistyped key is refused by name, never left to a default.
+        """
         directory = directory.resolve()
         path = directory / DEPLOYMENT_NAME
         if not path.exists():
             raise DeploymentError("no coordinator config here", got=str(path),
                                   fix="run `fedadmet coordinator init <dir>` first")
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        try:
-            public = raw.get("public-address")
-            return cls(directory=directory, port=int(raw["superlink-port"]),
-                       state_dir=directory / str(raw["state-dir"]),
-                       ca_cert=directory / str(raw["ca-cert"]),
-                       server_cert=directory / str(raw["server-cert"]),
-                       server_key=directory / str(raw["server-key"]),
-                       public_address=str(public) if public else None)
-        except (KeyError, ValueError) as exc:
-            raise DeploymentError("coordinator.toml is incomplete", got=repr(exc),
-                                  fix="recreate it with `fedadmet coordinator init`") from None
+        t = Table(read_toml(path), source=str(path))
+        paths = ConfigPaths(directory)
+        dep = cls(directory=directory,
+                  port=t.integer("superlink-port", required=True, min=1, max=65535),
+                  state_dir=paths(t.text("state-dir", required=True)),
+                  ca_cert=paths(t.text("ca-cert", required=True)),
+                  server_cert=paths(t.text("server-cert", required=True)),
+                  server_key=paths(t.text("server-key", required=True)),
+                  public_address=t.optional_text("public-address"))
+        t.finish()
+        return dep
 
     @property
     def flwr_home(self) -> Path:

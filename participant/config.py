@@ -15,7 +15,6 @@ file's folder, so a site directory can be moved as a whole.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from participant.daemon import (
 )
 from participant.pinning import CodePin
 from protocols.errors import ConfigError
-from protocols.settings import Table
+from protocols.settings import ConfigPaths, Table, default_tracking_uri, read_toml
 
 __all__ = ["CoordinatorConfig", "DataConfig", "EndpointColumn", "EvaluationConfig",
            "LocalTrainingConfig", "ParticipantConfig", "supernode_plan"]
@@ -135,13 +134,8 @@ class ParticipantConfig:
     def load(cls, path: str | Path) -> ParticipantConfig:
         """Read and validate ``participant.toml``."""
         path = Path(path)
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError("config", "participant config file not found", got=str(path),
-                              fix="run `fedadmet participant init <dir>` or fix the path") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("config", f"is not valid TOML ({exc})", got=str(path)) from None
+        raw = read_toml(path, not_found="participant config file not found",
+                        fix="run `fedadmet participant init <dir>` or fix the path")
         return cls.from_mapping(raw, base_dir=path.parent.resolve(), source=path.resolve())
 
     @classmethod
@@ -164,12 +158,7 @@ class ParticipantConfig:
         root = Table(raw, source=src)
         part = root.table("participant", required=True)
 
-        def resolve(value: str | None) -> Path | None:
-            if value is None:
-                return None
-            p = Path(value).expanduser()
-            return p if p.is_absolute() else (base_dir / p).resolve()
-
+        resolve = ConfigPaths(base_dir)
         data = _data(root.table("data", required=True), root.tables("endpoints"), resolve)
         # node-key used to sit in [participant]; still read there, but not in both places
         legacy_node_key = part.optional_text("node-key")
@@ -214,7 +203,7 @@ class ParticipantConfig:
     @property
     def tracking_uri_or_default(self) -> str:
         """MLflow URI, defaulting to a SQLite store in the state directory."""
-        return self.tracking_uri or f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
+        return self.tracking_uri or default_tracking_uri(self.state_dir)
 
 
 
@@ -230,7 +219,7 @@ def supernode_plan(cfg: ParticipantConfig) -> SuperNodePlan:
                          code_pin=coord.code_pin, task_poll_interval=coord.task_poll_interval,
                          unsafe_run_unpinned_code=coord.unsafe_run_unpinned_code)
 
-def _data(t: Table, endpoint_tables: dict[str, Table], resolve: Any) -> DataConfig:
+def _data(t: Table, endpoint_tables: dict[str, Table], resolve: ConfigPaths) -> DataConfig:
     files = tuple(resolve(f) for f in t.array("files", required=True, item_type=str, min_len=1))
     for f in files:
         if f.suffix.lower() not in _DATA_SUFFIXES:
@@ -261,7 +250,7 @@ def _data(t: Table, endpoint_tables: dict[str, Table], resolve: Any) -> DataConf
     return cfg
 
 
-def _coordinator(t: Table, resolve: Any, legacy_node_key: str | None, *,
+def _coordinator(t: Table, resolve: ConfigPaths, legacy_node_key: str | None, *,
                  code_pin: Mapping[str, Any] | None) -> CoordinatorConfig | None:
     address = t.optional_text("address")
     root_certificate = t.optional_text("root-certificate")
@@ -283,7 +272,7 @@ def _coordinator(t: Table, resolve: Any, legacy_node_key: str | None, *,
         if value is None:
             raise t.error(key, "is required", expected="a value in [coordinator]",
                           fix="see the template written by `fedadmet participant init`")
-    assert address is not None
+    assert address is not None and root_certificate is not None and node_key is not None
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise t.error("address", "is not HOST:PORT", got=address,

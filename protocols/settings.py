@@ -7,20 +7,82 @@ checked for type and range, unknown keys are refused (a typo must not silently
 fall back to a default), and every error names the key, the source file, what
 was got and what was expected.
 
-The reader is pure: it takes an already-parsed mapping.
+The reader is pure: it takes an already-parsed mapping. :func:`read_toml` is the one
+function here that reads a file, so that every config file (``federation.toml``,
+``coordinator.toml``, ``participant.toml``, scenarios) fails the same way, with the file,
+the line and the fix, instead of each loader mapping the parser's errors its own way.
+:class:`ConfigPaths` resolves the path values of a table against the file's folder;
+:func:`default_tracking_uri` is the MLflow store a config falls back to.
 """
 
 from __future__ import annotations
 
 import math
+import tomllib
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, TypeVar, overload
 
 from protocols.errors import ConfigError
 
 T = TypeVar("T")
 
-__all__ = ["Table"]
+__all__ = ["ConfigPaths", "Table", "default_tracking_uri", "read_toml"]
+
+
+def read_toml(path: Path, *, key: str = "config", not_found: str = "file not found",
+              expected: str | None = None, fix: str | None = None) -> dict[str, Any]:
+    """Parse the TOML file ``path``; every failure is a :class:`ConfigError` on ``key``.
+
+    ``not_found``, ``expected`` and ``fix`` describe a missing file (each loader knows
+    which command creates it). Bytes that are not UTF-8, and TOML syntax errors, name the
+    file and the line.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(key, not_found, got=str(path), expected=expected, fix=fix) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(key, f"is not UTF-8 text (byte {data[exc.start]:#04x} on line "
+                          f"{line})", got=str(path), expected="a UTF-8 TOML file",
+                          fix="save the file as UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(key, f"is not valid TOML ({exc})", got=str(path),
+                          fix="correct the TOML syntax at that line") from None
+
+
+class ConfigPaths:
+    """Path values of a config: ``~`` expanded, relative ones against ``base_dir``.
+
+    ``base_dir`` is the config file's folder, so a site or coordinator directory can be
+    moved as a whole.
+    """
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = base_dir
+
+    @overload
+    def __call__(self, value: str) -> Path: ...
+    @overload
+    def __call__(self, value: None) -> None: ...
+    @overload
+    def __call__(self, value: str | None) -> Path | None: ...
+
+    def __call__(self, value: str | None) -> Path | None:
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+
+def default_tracking_uri(state_dir: Path) -> str:
+    """The MLflow store a config without ``tracking-uri`` uses: SQLite in the state dir."""
+    return f"sqlite:///{(state_dir / 'mlflow.db').resolve()}"
 
 
 class Table:

@@ -9,14 +9,13 @@ Flower's run config; every error names the key and file.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from protocols.canonical import canonical_json, sha256_hex
 from protocols.errors import ConfigError
-from protocols.settings import Table
+from protocols.settings import ConfigPaths, Table, read_toml
 from simulations.datasets import DATASETS
 
 __all__ = ["EndpointSource", "Scenario", "load_scenario"]
@@ -159,15 +158,10 @@ def load_scenario(path: str | Path | None = None) -> Scenario:
     path = Path(path) if path else SCENARIO_DIR / "admet-consortium.toml"
     if not path.exists() and (SCENARIO_DIR / f"{path}.toml").exists():
         path = SCENARIO_DIR / f"{path}.toml"
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        shipped = sorted(p.stem for p in SCENARIO_DIR.glob("*.toml"))
-        raise ConfigError("scenario", "file not found", got=str(path),
-                          expected=f"a .toml file or one of {shipped}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("scenario", f"is not valid TOML ({exc})", got=str(path)) from None
+    shipped = sorted(p.stem for p in SCENARIO_DIR.glob("*.toml"))
+    raw = read_toml(path, key="scenario", expected=f"a .toml file or one of {shipped}")
     t = Table(raw, source=str(path))
+    paths = ConfigPaths(path.parent)
     sweep = _epsilons(t, raw, str(path))
     endpoints = []
     for name, et in t.tables("endpoints").items():
@@ -175,8 +169,8 @@ def load_scenario(path: str | Path | None = None) -> Scenario:
         csv = et.optional_text("csv")
         if (dataset is None) == (csv is None):
             raise et.error("dataset", "give exactly one of `dataset` or `csv`")
-        if csv is not None and not (path.parent / csv).is_file():
-            raise et.error("csv", "file not found", got=str((path.parent / csv).resolve()),
+        if csv is not None and not paths(csv).is_file():
+            raise et.error("csv", "file not found", got=str(paths(csv)),
                            fix="a path relative to the scenario file's folder")
         if dataset is not None and dataset not in DATASETS:
             raise et.error("dataset", "unknown dataset", got=dataset,
@@ -187,7 +181,7 @@ def load_scenario(path: str | Path | None = None) -> Scenario:
             et.text("task", choices=(task,))
         endpoints.append(EndpointSource(
             name=name, dataset=dataset,
-            csv=(path.parent / csv).resolve() if csv else None,
+            csv=paths(csv) if csv else None,
             smiles_column=et.text("smiles-column", "smiles"),
             value_column=et.text("value-column", "target"), task=task,
             private_to=et.integer("private-to", -1, min=-1) if et.has("private-to") else None,

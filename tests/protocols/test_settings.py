@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from protocols.errors import ConfigError
-from protocols.settings import Table
+from protocols.settings import ConfigPaths, Table, read_toml
 
 
 def test_reads_typed_values_and_defaults() -> None:
@@ -73,3 +74,35 @@ def test_int_range_is_enforced_exactly(value: int, lo_off: int, hi_off: int) -> 
     assert Table({"k": value}).integer("k", 0, min=lo, max=hi) == value
     with pytest.raises(ConfigError):
         Table({"k": value}).integer("k", 0, min=value + 1)
+
+
+def test_read_toml_names_file_and_line_of_a_syntax_error(tmp_path: Path) -> None:
+    path = tmp_path / "x.toml"
+    path.write_text('a = 1\nb = "unterminated\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        read_toml(path)
+    assert "line 2" in str(err.value) and str(path) in str(err.value)
+    assert err.value.fix
+
+
+def test_read_toml_refuses_bytes_that_are_not_utf8_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "x.toml"
+    path.write_bytes(b'a = 1\nname = "M\xfcller"\n')  # latin-1 ü
+    with pytest.raises(ConfigError) as err:
+        read_toml(path)
+    assert "not UTF-8" in str(err.value) and "line 2" in str(err.value)
+    assert str(path) in str(err.value) and "UTF-8" in (err.value.fix or "")
+
+
+def test_read_toml_missing_file_carries_the_callers_fix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        read_toml(tmp_path / "nope.toml", key="scenario", fix="run init")
+    assert err.value.key == "scenario" and err.value.fix == "run init"
+
+
+def test_config_paths_resolve_relative_to_the_base_and_keep_absolute(tmp_path: Path) -> None:
+    paths = ConfigPaths(tmp_path)
+    assert paths("state") == tmp_path.resolve() / "state"
+    assert paths(str(tmp_path / "abs")) == tmp_path / "abs"
+    assert paths("~/x") == Path.home() / "x"
+    assert paths(None) is None
