@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ import typer
 
 from participant.config import ParticipantConfig
 from participant.keys import create_member_keys
+from protocols.atomic_files import write_text
 from protocols.errors import ConfigError, DeploymentError
 
 if TYPE_CHECKING:
@@ -32,16 +32,6 @@ app = typer.Typer(help="Run a member company's participant daemon, fine-tune and
                   "on site.", no_args_is_help=True)
 
 _CONFIG_HELP = "The site's participant.toml."
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _toml_str(value: str | Path) -> str:
@@ -129,7 +119,7 @@ def init(directory: Path,
     ParticipantConfig.from_mapping(tomllib.loads(text),
                                    base_dir=directory.resolve())
     keys = create_member_keys(directory / "keys")
-    _write_text(toml, text)
+    write_text(toml, text)
     typer.echo(f"Wrote {toml}")
     typer.echo("Send these to the consortium operator:")
     typer.echo(f"  node public key:    {keys.node_pub} ({keys.node_fingerprint})")
