@@ -64,7 +64,7 @@ class PrivateHeadStore:
                      round: int) -> None:
         """Write a round's new heads beside the current ones; ``settle`` decides their fate."""
         before = [f"{f}:{r}" for f, r in self.lineage()]
-        write_npz(self.pending_path, {**params, _LINEAGE: np.array(
+        self._write(self.pending_path, {**params, _LINEAGE: np.array(
             [*before, f"{federation_id}:{round}"], dtype=np.str_)})
 
     def settle(self, committed: Callable[[str, int], bool]) -> None:
@@ -80,7 +80,10 @@ class PrivateHeadStore:
 
     def save(self, params: Mapping[str, np.ndarray]) -> None:
         """Replace the stored parameters atomically (temp file, fsync, rename)."""
-        write_npz(self.path, params)
+        self._write(self.path, params)
+
+    def _write(self, path: Path, params: Mapping[str, np.ndarray]) -> None:
+        write_npz(path, params)
 
 
 def _lineage(arrays: Mapping[str, np.ndarray]) -> list[tuple[str, int]]:
