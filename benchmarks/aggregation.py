@@ -39,6 +39,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from coordinator.aggregation import StreamingMean, error_bound
+from protocols.atomic_files import PUBLIC, write_json
 
 TENSORS = 4  # split P over a few named tensors like a real trunk
 MEM_BYTES = 24 * 2**30
@@ -271,10 +273,7 @@ def main() -> None:
     result = {"numpy": np.__version__, "flwr": _flwr_version(), "reps": a.reps,
               "cpu_count": os.cpu_count(), "rows": rows}
     if a.json:
-        tmp = a.json + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(result, fh, indent=1)
-        os.replace(tmp, a.json)
+        write_json(Path(a.json), result, indent=1, mode=PUBLIC)
 
 
 def _flwr_version() -> str:

@@ -14,14 +14,14 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from protocols.atomic_files import write_bytes
 
 if TYPE_CHECKING:
     from chem.featurizers import FeaturizationSpec
@@ -73,8 +73,8 @@ class FeatureCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         data_path, sum_path = self._paths(self.key(smiles, spec))
         raw = _encode(np.asarray(features, dtype=np.float32))
-        _atomic_write(data_path, raw)
-        _atomic_write(sum_path, hashlib.sha256(raw).hexdigest().encode())
+        write_bytes(data_path, raw)
+        write_bytes(sum_path, hashlib.sha256(raw).hexdigest().encode())
 
 
 # Count fingerprints are ~2% non-zero: stored as CSR they are ~20x smaller, so a
@@ -107,16 +107,3 @@ def _decode(raw: bytes) -> np.ndarray:
     out = np.zeros((n, d), dtype=np.float32)
     out[np.repeat(np.arange(n), np.diff(indptr)), indices] = data
     return out
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -1,4 +1,4 @@
-"""Versioned molecular featurizers and the spec every party compares.
+"""Versioned molecular featurizers: SMILES to feature matrices, with RDKit.
 
 Every site in a federation must featurise identically, so a featurizer is
 named with a version (``ecfp4-count-2048/v1``) and described by a
@@ -6,6 +6,10 @@ named with a version (``ecfp4-count-2048/v1``) and described by a
 standardiser version) whose SHA-256 digest the coordinator announces and each
 participant recomputes. A site running another RDKit version gets a
 :class:`SpecMismatchError` instead of silently training on different features.
+The spec, the registry's parameters and the vector width live in
+:mod:`chem.featurization_spec`, which needs no RDKit (the coordinator uses only
+that); this module computes the features and checks the spec's pins against the
+RDKit it runs.
 
 Transforms are fixed functions with no data-dependent statistics (no
 per-dataset scaling), for the same reason.
@@ -26,7 +30,6 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
@@ -37,13 +40,19 @@ import rdkit
 from rdkit import Chem, rdBase
 from rdkit.Chem import Descriptors, rdFingerprintGenerator
 
-from chem.standardize import STANDARDIZER_VERSION
-from protocols.canonical import canonical_json, sha256_hex
-from protocols.errors import ConfigError, DataError, SpecMismatchError
+from chem.featurization_spec import (
+    FeaturizationSpec,
+    available_featurizers,
+    feature_dim,
+    get_spec,
+)
+from protocols.errors import DataError, SpecMismatchError
 
+# The spec's names are re-exported: most callers featurize and name the spec together.
 __all__ = [
     "FeaturizationSpec",
     "available_featurizers",
+    "check_compatible",
     "feature_dim",
     "featurize",
     "get_spec",
@@ -53,44 +62,6 @@ __all__ = [
 # slower per molecule than a Morgan fingerprint, so they go parallel much sooner.
 _PARALLEL_MIN_MOLECULES = {"ecfp4-count-2048/v1": 1500}
 _PARALLEL_MIN_DEFAULT = 64
-
-
-@dataclass(frozen=True, kw_only=True)
-class FeaturizationSpec:
-    """What a featurizer is, exactly enough for two sites to agree."""
-
-    name: str
-    version: str
-    params: Mapping[str, Any] = field(default_factory=dict)
-    rdkit_version: str = rdkit.__version__
-    standardizer_version: str = STANDARDIZER_VERSION
-
-    @property
-    def key(self) -> str:
-        """Registry key, ``name/version``."""
-        return f"{self.name}/{self.version}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "name": self.name,
-            "version": self.version,
-            "params": dict(self.params),
-            "rdkit_version": self.rdkit_version,
-            "standardizer_version": self.standardizer_version,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FeaturizationSpec:
-        """Inverse of :meth:`to_dict`."""
-        return cls(name=str(data["name"]), version=str(data["version"]),
-                   params=dict(data.get("params", {})),
-                   rdkit_version=str(data["rdkit_version"]),
-                   standardizer_version=str(data["standardizer_version"]))
-
-    def digest(self) -> str:
-        """SHA-256 hex of the RFC 8785 canonical JSON of :meth:`to_dict`."""
-        return sha256_hex(canonical_json(self.to_dict()))
 
 
 # ---------------------------------------------------------------- featurizers
@@ -131,38 +102,37 @@ def _ecfp_rdkit2d(mols: Sequence[Chem.Mol], params: Mapping[str, Any]) -> np.nda
     return np.concatenate([_ecfp(mols, params), _rdkit2d(mols)], axis=1)
 
 
-_REGISTRY: dict[str, tuple[dict[str, Any], Callable[[Sequence[Chem.Mol], Mapping[str, Any]],
-                                                     np.ndarray]]] = {
-    "ecfp4-count-2048/v1": ({"radius": 2, "n_bits": 2048, "counts": True, "transform": "log1p"},
-                            _ecfp),
-    "rdkit2d/v1": ({"descriptors": "Descriptors._descList sorted by name",
-                    "transform": "sign*log1p|x|, nonfinite->0, clip[-20,20]"},
-                   lambda mols, _p: _rdkit2d(mols)),
-    "ecfp4-count-2048+rdkit2d/v1": ({"radius": 2, "n_bits": 2048, "counts": True,
-                                     "transform": "log1p; rdkit2d sign*log1p|x| clip[-20,20]"},
-                                    _ecfp_rdkit2d),
+# key -> how to compute it (its parameters and width: chem.featurization_spec)
+_COMPUTE: dict[str, Callable[[Sequence[Chem.Mol], Mapping[str, Any]], np.ndarray]] = {
+    "ecfp4-count-2048/v1": _ecfp,
+    "rdkit2d/v1": lambda mols, _p: _rdkit2d(mols),
+    "ecfp4-count-2048+rdkit2d/v1": _ecfp_rdkit2d,
 }
 
 
-def available_featurizers() -> list[str]:
-    """Registered featurizer keys."""
-    return sorted(_REGISTRY)
-
-
-def get_spec(key: str) -> FeaturizationSpec:
-    """The spec of a registered featurizer for this site's RDKit version."""
-    if key not in _REGISTRY:
-        raise ConfigError("featurizer", "unknown featurizer", got=key,
-                          expected=" | ".join(available_featurizers()))
-    name, version = key.rsplit("/", 1)
-    params, _ = _REGISTRY[key]
-    return FeaturizationSpec(name=name, version=version, params=dict(params))
+def _check_pins(spec: FeaturizationSpec) -> None:
+    """The spec's RDKit version and descriptor count are what this RDKit computes."""
+    if spec.rdkit_version != rdkit.__version__:
+        raise SpecMismatchError(
+            f"featurization spec {spec.key} names another RDKit than this site runs",
+            got=rdkit.__version__, expected=spec.rdkit_version,
+            fix=f"install RDKit {spec.rdkit_version} (this site has {rdkit.__version__}) "
+            "so that features match across sites; do not train on mismatched features")
+    pinned = spec.params.get("n_descriptors")
+    if pinned is not None and pinned != len(_descriptor_functions()):
+        raise SpecMismatchError(
+            f"featurization spec {spec.key} pins another number of RDKit descriptors",
+            got=len(_descriptor_functions()), expected=pinned,
+            fix="install the RDKit release this fedadmet pins "
+            "(chem.featurization_spec.RDKIT2D_DESCRIPTORS) or a fedadmet release that "
+            "pins this RDKit's count")
 
 
 def check_compatible(spec: FeaturizationSpec) -> None:
     """Refuse a spec this site cannot reproduce bit for bit."""
     local = get_spec(spec.key)
     if local.digest() == spec.digest():
+        _check_pins(spec)
         return
     if spec.rdkit_version != local.rdkit_version:
         fix = (f"install RDKit {spec.rdkit_version} (this site has {local.rdkit_version}) "
@@ -179,14 +149,9 @@ def check_compatible(spec: FeaturizationSpec) -> None:
     )
 
 
-def feature_dim(spec: FeaturizationSpec) -> int:
-    """Width of the feature vectors ``spec`` produces."""
-    return int(featurize(["C"], spec, n_jobs=1).shape[1])
-
-
 def _featurize_chunk(args: tuple[str, list[str]]) -> np.ndarray:
     key, smiles = args
-    params, fn = _REGISTRY[key]
+    params, fn = get_spec(key).params, _COMPUTE[key]
     mols = []
     # RDKit logs to stderr from C++; silence it for parsing and descriptor code alike.
     with rdBase.BlockLogs():

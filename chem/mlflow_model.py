@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,13 +42,14 @@ import yaml  # type: ignore[import-untyped]  # PyYAML (an mlflow dependency) shi
 from mlflow.entities import LoggedModelOutput
 from mlflow.models import ModelSignature
 from mlflow.pyfunc.model import PythonModel, PythonModelContext
-from mlflow.telemetry import set_telemetry_client
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 from chem.featurizers import FeaturizationSpec, check_compatible, featurize
+from chem.mlflow_client import disable_telemetry
 from chem.models import ModelSpec, MultiTaskMLP, build_model, predict, set_weights
 from chem.standardize import STANDARDIZER_VERSION, standardize_many
+from protocols.atomic_files import write_json, write_npz
 from protocols.errors import ConfigError, DataError, MissingColumnError, SpecMismatchError
 
 __all__ = [
@@ -75,10 +75,6 @@ MODEL_CODE_FILE = Path(__file__).with_name("mlflow_pyfunc.py")
 _CODE_LOADER = "mlflow.pyfunc.loaders.code_model"
 # Serialised Python objects: loading any of them can run code.
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".cloudpickle", ".joblib", ".dill", ".pt", ".pth")
-
-# Runtime code never phones home; MLflow reads this at every event.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-set_telemetry_client()  # type: ignore[no-untyped-call]
 
 
 class Predictor:
@@ -164,6 +160,7 @@ class SmilesPredictor(PythonModel):
 
     def load_context(self, context: PythonModelContext) -> None:
         """Rebuild the network from the logged weights and specs."""
+        disable_telemetry()  # MLflow loads this in its own process (serving, batch scoring)
         self.predictor = _load_files({k: Path(v) for k, v in context.artifacts.items()})
 
     def predict(self, context: PythonModelContext, model_input: pd.DataFrame,
@@ -200,14 +197,14 @@ def save_predictor_files(directory: str | Path, state_dict: Mapping[str, np.ndar
     model = _build(mspec, state_dict)
     Predictor(model, fspec)  # refuses specs this site cannot reproduce, before writing
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in state_dict.items()}
-    _atomic_write(directory / WEIGHTS_FILE, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
-    _atomic_write(directory / MODEL_SPEC_FILE, _json_writer(mspec.to_dict()))
-    _atomic_write(directory / FEATURIZATION_SPEC_FILE, _json_writer(fspec.to_dict()))
-    _atomic_write(directory / MANIFEST_FILE, _json_writer({
+    write_npz(directory / WEIGHTS_FILE,
+              {k: np.asarray(v, dtype=np.float32) for k, v in state_dict.items()})
+    write_json(directory / MODEL_SPEC_FILE, mspec.to_dict(), indent=2, sort_keys=True)
+    write_json(directory / FEATURIZATION_SPEC_FILE, fspec.to_dict(), indent=2, sort_keys=True)
+    write_json(directory / MANIFEST_FILE, {
         "format": "fedadmet-predictor/v1", "standardizer_version": STANDARDIZER_VERSION,
-        "model_spec_digest": mspec.digest(), "featurization_spec_digest": fspec.digest()}))
+        "model_spec_digest": mspec.digest(), "featurization_spec_digest": fspec.digest()},
+        indent=2, sort_keys=True)
     return PredictorFiles(
         directory=directory,
         artifacts={k: str(directory / f) for k, f in _ARTIFACT_FILES.items()},
@@ -242,6 +239,7 @@ def log_predictor(client: MlflowClient, files: PredictorFiles, *, run_id: str, n
     What ``mlflow.pyfunc.log_model`` does (logged model, artifacts, run output,
     registration) without the fluent API's process-wide URI and active run.
     """
+    disable_telemetry()
     experiment_id = client.get_run(run_id).info.experiment_id
     model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id)
     with tempfile.TemporaryDirectory(prefix="fedadmet-pyfunc-") as tmp:
@@ -278,6 +276,7 @@ def load_predictor(path_or_uri: str | Path, *, tracking_uri: str | None = None) 
     uri = str(path_or_uri)
     if isinstance(path_or_uri, Path) or ":/" not in uri:  # no scheme: a local folder
         return _load_local(Path(path_or_uri))
+    disable_telemetry()
     with tempfile.TemporaryDirectory(prefix="fedadmet-model-") as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(
@@ -395,20 +394,3 @@ def _build(spec: ModelSpec, state_dict: Mapping[str, np.ndarray]) -> MultiTaskML
     return model
 
 
-def _json_writer(obj: Any) -> Any:
-    def write(f: Any) -> None:
-        f.write(json.dumps(obj, indent=2, sort_keys=True).encode("utf-8"))
-    return write
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

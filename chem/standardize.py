@@ -10,8 +10,9 @@ The pipeline (version ``rdmolstd/v1``) is, in order:
 5. canonical isomeric SMILES.
 
 It is deterministic for a given RDKit version, and idempotent. Any change to
-the steps must bump :data:`STANDARDIZER_VERSION`, because cached features and
-spec digests depend on it.
+the steps must bump :data:`STANDARDIZER_VERSION` (kept in
+:mod:`chem.featurization_spec`, so a spec needs no RDKit), because cached
+features and spec digests depend on it.
 
 Bad input never crashes a run and is never dropped silently:
 :func:`standardize_many` returns the valid rows and a report of the invalid
@@ -39,6 +40,7 @@ from functools import lru_cache
 from rdkit import Chem, rdBase
 from rdkit.Chem.MolStandardize import rdMolStandardize
 
+from chem.featurization_spec import STANDARDIZER_VERSION  # defined there: no RDKit needed
 from protocols.errors import InvalidMoleculeError
 
 __all__ = [
@@ -51,7 +53,6 @@ __all__ = [
     "standardize_smiles",
 ]
 
-STANDARDIZER_VERSION = "rdmolstd/v1"
 MAX_SMILES_LENGTH = 1_000  # characters; see the module docstring for the measurement
 MAX_SHOWN = 80  # characters of an offending value kept in a report
 

@@ -42,8 +42,6 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +56,7 @@ from chem.standardize import (
     InvalidRow,
     standardize_many,
 )
+from protocols.atomic_files import write_json
 from protocols.errors import DataError, MissingColumnError
 
 if TYPE_CHECKING:
@@ -464,17 +463,7 @@ def _cache_get(directory: Path, key: str) -> _FileRows | None:
 
 
 def _cache_put(directory: Path, key: str, rows: _FileRows) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
     d = {"rows_read": rows.rows_read, "rows": rows.rows, "smiles": rows.smiles,
          "labels": rows.labels,
          "invalid": [[r.file, r.row, r.column, r.value, r.reason] for r in rows.invalid]}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(d, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / f"table-{key}.json")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_json(directory / f"table-{key}.json", d)

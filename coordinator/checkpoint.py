@@ -16,15 +16,14 @@ import hashlib
 import io
 import json
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from protocols.atomic_files import staged_directory
 from protocols.errors import CheckpointError
 
 __all__ = ["Checkpoint", "latest", "load", "save"]
@@ -73,25 +72,10 @@ def save(state_dir: Path, ckpt: Checkpoint, *, keep: int = 3) -> Path:
             "extra": ckpt.extra}, sort_keys=True).encode(),
     }
     manifest = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    try:
+    final = root / f"round-{ckpt.round:06d}"
+    with staged_directory(final) as stage:
         for name, data in {**files, "manifest.json": json.dumps(manifest).encode()}.items():
-            with open(tmp / name, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        final = root / f"round-{ckpt.round:06d}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            (stage / name).write_bytes(data)
     for old in sorted(root.glob("round-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -26,9 +26,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from coordinator import checkpoint
 from coordinator.config import FederationConfig
 from coordinator.members import check_new_member, enroll_member
-from coordinator.pki import create_pki, write_atomic
+from coordinator.pki import create_pki
 from coordinator.proxy import start_nginx, write_nginx_config
 from coordinator.superlink import SuperLinkPlan, start_superlink, wait_healthy, write_flwr_home
+from protocols.atomic_files import PRIVATE, PUBLIC, write_bytes
 from protocols.errors import DeploymentError
 from protocols.settings import ConfigPaths, Table, read_toml
 from protocols.signing import fingerprint, load_public_key, private_key_pem
@@ -156,16 +157,16 @@ def init_deployment(directory: Path, *, public_address: str | None, port: int, r
                                min_participants=min_participants, endpoints=endpoints)
     tls = create_pki(directory / "tls", public_host=host)
     receipt = Ed25519PrivateKey.generate()
-    write_atomic(directory / "receipt_key.pem", private_key_pem(receipt), mode=0o600)
+    write_bytes(directory / "receipt_key.pem", private_key_pem(receipt), mode=PRIVATE)
     (directory / "state").mkdir(parents=True, exist_ok=True)
     public = f'public-address = "{public_address}"\n' if public_address else ""
-    write_atomic(directory / DEPLOYMENT_NAME, (
+    write_bytes(directory / DEPLOYMENT_NAME, (
         f"superlink-port = {port}\n{public}"
         'state-dir = "state"\n'
         f'ca-cert = "{tls.ca_cert.relative_to(directory)}"\n'
         f'server-cert = "{tls.server_cert.relative_to(directory)}"\n'
-        f'server-key = "{tls.server_key.relative_to(directory)}"\n').encode())
-    write_atomic(directory / FEDERATION_NAME, fed_text.encode())
+        f'server-key = "{tls.server_key.relative_to(directory)}"\n').encode(), mode=PUBLIC)
+    write_bytes(directory / FEDERATION_NAME, fed_text.encode(), mode=PUBLIC)
     FederationConfig.load(directory / FEDERATION_NAME)  # what we wrote must load
     return NewDeployment(directory / DEPLOYMENT_NAME, directory / FEDERATION_NAME, tls.ca_cert,
                          fingerprint(receipt))

@@ -57,6 +57,7 @@ from coordinator.receipt_log import ReceiptLog
 from coordinator.server_opt import make_server_optimizer
 from coordinator.update_bound import plan_update_norm_bound
 from protocols import flower_codec as codec
+from protocols.atomic_files import write_npz
 from protocols.canonical import tensors_digest
 from protocols.errors import (
     AdmissionError,
@@ -590,6 +591,5 @@ def round_(value: float) -> float:
 
 
 def write_final(path: Path, weights: Weights) -> None:
-    """The final global weights as an npz next to the state."""
-    arrays: dict[str, Any] = dict(weights)
-    np.savez(path, **arrays)
+    """The final global weights as an npz next to the state, written atomically."""
+    write_npz(path, weights)

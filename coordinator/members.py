@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from coordinator.admission import Member
+from protocols.atomic_files import write_json
 from protocols.errors import ConfigError
 from protocols.signing import fingerprint, load_public_key
 
@@ -71,13 +70,7 @@ def save_members(path: Path, records: list[MemberRecord]) -> None:
                          "max_epsilon": r.max_epsilon if math.isfinite(r.max_epsilon) else 1e308,
                          "max_examples": r.max_examples}
                         for r in records]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".members-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_json(path, data, indent=2)
 
 
 def check_new_member(path: Path, *, name: str, node_key: str, receipt_key_pem: str

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 import ipaddress
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +19,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from protocols.atomic_files import PRIVATE, PUBLIC, write_bytes
 from protocols.errors import DeploymentError
 
-__all__ = ["TlsFiles", "create_pki", "private_dir", "san_names", "write_atomic"]
+__all__ = ["TlsFiles", "create_pki", "private_dir", "san_names"]
 
 _LOOPBACK_SANS = ("localhost", "127.0.0.1", "::1")
 
@@ -35,22 +35,6 @@ class TlsFiles:
     ca_key: Path
     server_cert: Path
     server_key: Path
-
-
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Temp file in the same directory, fsync, chmod, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def private_dir(path: Path) -> Path:
@@ -130,8 +114,9 @@ def create_pki(directory: Path, *, public_host: str | None = None,
                        critical=False)
         .sign(ca_key, hashes.SHA384())
     )
-    write_atomic(files.ca_key, _key_pem(ca_key), mode=0o600)
-    write_atomic(files.server_key, _key_pem(server_key), mode=0o600)
-    write_atomic(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
-    write_atomic(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM))
+    write_bytes(files.ca_key, _key_pem(ca_key), mode=PRIVATE)
+    write_bytes(files.server_key, _key_pem(server_key), mode=PRIVATE)
+    write_bytes(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), mode=PUBLIC)
+    write_bytes(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM),
+                mode=PUBLIC)
     return files

@@ -17,7 +17,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from coordinator.pki import write_atomic
+from protocols.atomic_files import PUBLIC, write_bytes
 
 __all__ = ["NGINX", "TLS12_CIPHERS", "fleet_body_limit", "nginx_config", "start_nginx",
            "write_nginx_config"]
@@ -116,7 +116,8 @@ def write_nginx_config(prefix: Path, **kwargs: object) -> Path:
     for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (prefix / sub).mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
-    write_atomic(conf, nginx_config(prefix=prefix, **kwargs).encode())  # type: ignore[arg-type]
+    write_bytes(conf, nginx_config(prefix=prefix, **kwargs).encode(),  # type: ignore[arg-type]
+                mode=PUBLIC)
     return conf
 
 

@@ -3,18 +3,17 @@
 One file per round, ``receipts/receipt-NNNNNN.json``, holding the signed
 receipt's canonical bytes (the format ``docs/receipts.md`` specifies and
 ``fedadmet audit verify`` reads). A receipt, once written, is never replaced:
-files are created with ``os.link`` from a fsynced temp file, which fails if
-the name exists. Re-appending identical bytes is a no-op, so a coordinator
+files are created with :func:`protocols.atomic_files.create_new`, which
+fails if the name exists. Re-appending identical bytes is a no-op, so a coordinator
 that resumes after a crash between checkpoint and log append can simply
 append again.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from protocols.atomic_files import create_new
 from protocols.errors import IntegrityError
 from protocols.receipts import receipt_filename
 
@@ -43,21 +42,7 @@ class ReceiptLog:
                 got=str(final), expected="receipts are append-only and never replaced",
                 fix="investigate the state directory; never edit or delete receipts",
             )
-        fd, tmp = tempfile.mkstemp(prefix=".receipt-", dir=self.dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(receipt_bytes)
-                f.flush()
-                os.fsync(f.fileno())
-            os.link(tmp, final)  # fails if another writer won the race
-        finally:
-            os.unlink(tmp)
-        dir_fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        return final
+        return create_new(final, receipt_bytes)  # fails if another writer won the race
 
     def rounds(self) -> list[int]:
         """Rounds with a receipt, ascending."""

@@ -4,7 +4,9 @@ In deployment the bundle in ``coordinator/fab`` names this app and ``flwr run``
 passes ``config="/path/federation.toml"`` as run config (the ServerApp runs on
 the coordinator host, so paths are local to it); simulation binds a validated
 :class:`FederationConfig` directly with :func:`make_server_app`. This is the
-one coordinator module that imports ``chem``: to size and initialise the shared model.
+one coordinator module that imports ``chem``'s model code: to size and initialise the
+shared model. Sizing needs no RDKit (:func:`chem.featurization_spec.feature_dim` is a
+function of the spec); RDKit is imported only when a model is packaged for MLflow.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from chem.featurizers import feature_dim, get_spec
-from chem.mlflow_model import save_predictor_files
+from chem.featurization_spec import feature_dim, get_spec
 from chem.models import EndpointSpec, ModelSpec, build_model, get_weights
 from coordinator.config import FederationConfig
 from coordinator.federation import Federation, RoundSummary, Weights, write_final
@@ -25,6 +27,10 @@ from coordinator.members import load_members
 from coordinator.tracking import MlflowTracker
 from protocols.errors import ConfigError
 from protocols.signing import load_private_key
+
+if TYPE_CHECKING:
+    from chem.featurization_spec import FeaturizationSpec
+    from chem.mlflow_model import PredictorFiles
 
 __all__ = ["app", "config_from_run_config", "make_server_app", "model_spec_for"]
 
@@ -46,6 +52,14 @@ def model_spec_for(cfg: FederationConfig) -> ModelSpec:
                         for e in cfg.model.endpoints))
 
 
+def _package(directory: Path, weights: Weights, mspec: ModelSpec,
+             fspec: FeaturizationSpec) -> PredictorFiles:
+    """The global model as SMILES-predictor files; imports RDKit (it checks the spec)."""
+    from chem.mlflow_model import save_predictor_files
+
+    return save_predictor_files(directory, weights, mspec, fspec)
+
+
 def run_federation(cfg: FederationConfig, grid: Grid, *,
                    on_round: Callable[[RoundSummary, Weights], None] | None = None,
                    on_reply: Callable[[str, int, int, int], None] | None = None) -> None:
@@ -58,8 +72,8 @@ def run_federation(cfg: FederationConfig, grid: Grid, *,
     initial = get_weights(build_model(mspec, seed=cfg.model.init_seed))
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     # Tracking wraps the loop through its round callback; it never changes what is aggregated.
-    tracker = MlflowTracker.for_federation(
-        cfg, package_model=lambda d, w: save_predictor_files(d, w, mspec, fspec))
+    tracker = MlflowTracker.for_federation(cfg, package_model=lambda d, w: _package(d, w, mspec,
+                                                                                   fspec))
 
     def after_round(summary: RoundSummary, weights: Weights) -> None:
         tracker.log_round(summary, weights, central_epsilon=summary.central_epsilon)

@@ -18,38 +18,37 @@ tracking URI, no active run), so two federations in one process cannot mix.
   a ``package_model`` callable (``chem.mlflow_model.save_predictor_files``
   bound to the specs); logging reuses ``chem.mlflow_model.log_predictor``, the
   one place that knows how to log a SMILES predictor through an explicit client.
+  It is imported when a model is registered, not at start-up: packaging a
+  SMILES predictor needs RDKit, opening the run does not.
 
 The embedded default is SQLite in the state directory with artifacts under
 ``<state>/mlartifacts``; ``tracking-uri`` may name an MLflow server. Telemetry
-is disabled unless the operator opted in through MLflow's own variable.
+is disabled when the tracker opens (:func:`chem.mlflow_client.disable_telemetry`)
+unless the operator opted in through MLflow's own variable.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
-from mlflow.telemetry import set_telemetry_client
-from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
 
-from chem.mlflow_model import PredictorFiles, log_predictor
+from chem.mlflow_client import mlflow_client, mlflow_errors
 from coordinator.receipt_log import ReceiptLog
 from protocols.errors import TrackingError
 
 if TYPE_CHECKING:
+    from chem.mlflow_model import PredictorFiles
     from coordinator.config import FederationConfig
     from coordinator.federation import RoundSummary
 
@@ -70,14 +69,10 @@ CONFIG_DIGEST_TAG = "fedadmet.config_digest"
 LAST_ROUND_TAG = "fedadmet.last_round"
 _SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql")
 
-# Runtime code never phones home; MLflow reads this at every event.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-set_telemetry_client()  # type: ignore[no-untyped-call]
-
 Weights = Mapping[str, np.ndarray]
 
 
-ModelPackager = Callable[[Path, Weights], PredictorFiles]
+ModelPackager = Callable[[Path, Weights], "PredictorFiles"]
 
 
 class Tracker(Protocol):
@@ -135,22 +130,6 @@ def _probe_server(uri: str, *, timeout: float = 5.0) -> None:
                         "embedded SQLite store")
 
 
-@contextmanager
-def _mlflow_errors(action: str, uri: str) -> Iterator[None]:
-    """Turn MLflow's exceptions into one TrackingError line with got/expected/fix."""
-    try:
-        yield
-    except TrackingError:
-        raise
-    except MlflowException as exc:
-        raise TrackingError(f"MLflow {action} failed", got=f"{uri}: {exc.message[:300]}",
-                            fix="check the tracking URI, the server's logs and its storage"
-                            ) from None
-    except OSError as exc:
-        raise TrackingError(f"MLflow {action} failed", got=f"{uri}: {exc}",
-                            fix="check that the store's folder is writable") from None
-
-
 def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested config to ``a.b.c`` params, values as text cut to MLflow's limits."""
     out: dict[str, str] = {}
@@ -184,8 +163,8 @@ class MlflowTracker:
         self.package_model = package_model
         self.registered_model_name = registered_model_name or federation_id
         self.registered_versions: dict[int, str] = {}
-        with _mlflow_errors("opening the federation's run", self.uri):
-            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        with mlflow_errors("opening the federation's run", self.uri):
+            self.client = mlflow_client(self.uri)
             self.experiment_id = self._experiment(artifact_location)
             self.run_id, self.last_round, self.resumed = self._run(config, config_digest)
 
@@ -239,7 +218,7 @@ class MlflowTracker:
         if r <= self.last_round:
             log.info("round %d is already in MLflow run %s; not logging it again", r, self.run_id)
             return
-        with _mlflow_errors(f"logging round {r}", self.uri):
+        with mlflow_errors(f"logging round {r}", self.uri):
             metrics = [Metric(k, float(v), int(time.time() * 1000), r)
                        for k, v in round_metrics(summary, central_epsilon=central_epsilon).items()]
             for i in range(0, len(metrics), 1000):
@@ -269,7 +248,9 @@ class MlflowTracker:
         if self.package_model is None:
             raise TrackingError("no model packager was configured", got=None,
                                 fix="pass package_model= (chem.mlflow_model.save_predictor_files)")
-        with _mlflow_errors(f"registering the round-{r} model", self.uri), \
+        from chem.mlflow_model import log_predictor  # RDKit comes in with the predictor
+
+        with mlflow_errors(f"registering the round-{r} model", self.uri), \
                 tempfile.TemporaryDirectory(prefix="fedadmet-model-") as tmp:
             package = self.package_model(Path(tmp), weights)
             _, version = log_predictor(
@@ -286,7 +267,7 @@ class MlflowTracker:
 
     def close(self, *, status: str = "FINISHED") -> None:
         """Mark the run finished (or FAILED / KILLED)."""
-        with _mlflow_errors("closing the run", self.uri):
+        with mlflow_errors("closing the run", self.uri):
             self.client.set_terminated(self.run_id, status=status)
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from participant.pinned_clientapp import PIN_ENV
 from participant.pinning import CodePin
+from protocols.atomic_files import PRIVATE, PUBLIC, write_bytes
 from protocols.errors import ConfigError, DeploymentError
 from protocols.flower_env import flower_env
 
@@ -149,31 +150,20 @@ def supernode_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return flower_env(src, {"NO_PROXY": no_proxy, "no_proxy": no_proxy})
 
 
-def _write_private(path: Path, data: bytes, *, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
 def write_pin_runtime(pin: CodePin, work_dir: Path, *,
                       python: str = sys.executable) -> tuple[Path, Path]:
     """Write ``pin.json`` and the ``bin/`` of runners SuperExec finds first on PATH."""
     bin_dir = work_dir / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     pin_file = work_dir / "pin.json"
-    _write_private(pin_file, json.dumps(pin.to_mapping(), indent=2).encode(), mode=0o644)
+    write_bytes(pin_file, json.dumps(pin.to_mapping(), indent=2).encode(), mode=PUBLIC)
     runner = (f"#!/bin/sh\nexec {shlex.quote(python)} -I -m participant.pinned_clientapp "
               '"$@"\n')
-    _write_private(bin_dir / "flwr-clientapp", runner.encode(), mode=0o755)
+    write_bytes(bin_dir / "flwr-clientapp", runner.encode(), mode=0o755)
     for name in _OTHER_RUNNERS:
         refusal = (f"#!/bin/sh\necho 'fedadmet: REFUSED to run {name}: a participant runs "
                    "only pinned ClientApps.' >&2\nexit 1\n")
-        _write_private(bin_dir / name, refusal.encode(), mode=0o755)
+        write_bytes(bin_dir / name, refusal.encode(), mode=0o755)
     return pin_file, bin_dir
 
 
@@ -214,7 +204,7 @@ def start_node(plan: SuperNodePlan, *, work_dir: Path, log_path: Path,
     log_path.parent.mkdir(parents=True, exist_ok=True)
     base = supernode_env(env)
     secret_file = work_dir / "superexec.secret"
-    _write_private(secret_file, secrets.token_hex(32).encode(), mode=0o600)
+    write_bytes(secret_file, secrets.token_hex(32).encode(), mode=PRIVATE)
     exec_extra = {**(extra_env or {}), TASK_POLL_ENV: str(plan.task_poll_interval)}
     if plan.code_pin is not None:
         pin_file, bin_dir = write_pin_runtime(plan.code_pin, work_dir)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from chem.featurizers import FeaturizationSpec, featurize
 from chem.splits import scaffold_split
 from chem.tables import MoleculeTable, TableReport, load_table, report_lines
 from participant.config import ParticipantConfig
+from protocols.atomic_files import write_json
 
 __all__ = ["SiteData", "load_site_data"]
 
@@ -82,10 +82,7 @@ def _cached_split(smiles: list[str], frac: float, seed: int, cache: Path
         d = json.loads(path.read_text(encoding="utf-8"))
         return np.asarray(d["train"], dtype=np.int64), np.asarray(d["valid"], dtype=np.int64)
     train, valid, _ = scaffold_split(smiles, (1.0 - frac, frac, 0.0), seed=seed)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"train": train.tolist(), "valid": valid.tolist()}))
-    os.replace(tmp, path)
+    write_json(path, {"train": train.tolist(), "valid": valid.tolist()})
     return train, valid
 
 

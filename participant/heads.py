@@ -15,15 +15,12 @@ ledger's rounds once settled.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from participant.outbox import _fsync_dir
+from protocols.atomic_files import replace_file, write_npz
 from protocols.errors import IntegrityError
 
 __all__ = ["PrivateHeadStore"]
@@ -77,8 +74,7 @@ class PrivateHeadStore:
             return
         rounds = _lineage(pending)
         if rounds and committed(*rounds[-1]):
-            os.replace(self.pending_path, self.path)
-            _fsync_dir(self.path.parent)
+            replace_file(self.pending_path, self.path)
         else:
             self.pending_path.unlink()
 
@@ -87,19 +83,7 @@ class PrivateHeadStore:
         self._write(self.path, params)
 
     def _write(self, path: Path, params: Mapping[str, np.ndarray]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".private_heads-", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                arrays: dict[str, Any] = {k: np.asarray(v) for k, v in params.items()}
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_npz(path, params)
 
 
 def _lineage(arrays: Mapping[str, np.ndarray]) -> list[tuple[str, int]]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from protocols.atomic_files import PRIVATE, PUBLIC, write_bytes
 from protocols.errors import DeploymentError
 from protocols.signing import fingerprint, private_key_pem, public_key_pem
 
@@ -35,17 +34,6 @@ class MemberKeys:
     receipt_pub: Path
     node_fingerprint: str
     receipt_fingerprint: str
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def openssh_fingerprint(public_line: bytes) -> str:
@@ -72,11 +60,11 @@ def create_member_keys(directory: Path, *, overwrite: bool = False) -> MemberKey
     node_pub = node.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                               serialization.PublicFormat.OpenSSH)
     receipt = Ed25519PrivateKey.generate()
-    _write(paths["node_key"], node.private_bytes(serialization.Encoding.PEM,
-                                                 serialization.PrivateFormat.OpenSSH,
-                                                 serialization.NoEncryption()), 0o600)
-    _write(paths["node_pub"], node_pub + b"\n", 0o644)
-    _write(paths["receipt_key"], private_key_pem(receipt), 0o600)
-    _write(paths["receipt_pub"], public_key_pem(receipt), 0o644)
+    write_bytes(paths["node_key"], node.private_bytes(serialization.Encoding.PEM,
+                                                      serialization.PrivateFormat.OpenSSH,
+                                                      serialization.NoEncryption()), mode=PRIVATE)
+    write_bytes(paths["node_pub"], node_pub + b"\n", mode=PUBLIC)
+    write_bytes(paths["receipt_key"], private_key_pem(receipt), mode=PRIVATE)
+    write_bytes(paths["receipt_pub"], public_key_pem(receipt), mode=PUBLIC)
     return MemberKeys(node_fingerprint=openssh_fingerprint(node_pub),
                       receipt_fingerprint=fingerprint(receipt), **paths)

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ from typing import Any, Literal
 
 from opacus.accountants import PRVAccountant, RDPAccountant
 
+from protocols.atomic_files import write_json
 from protocols.errors import CheckpointError, PrivacyBudgetExceeded
 
 __all__ = ["LedgerEntry", "PrivacyLedger", "epsilon_for"]
@@ -206,19 +205,4 @@ class PrivacyLedger:
             "epsilon": entries[-1].epsilon_after if entries else 0.0,
             "entries": [asdict(e) for e in entries],
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".ledger-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_json(self.path, data, indent=1, sort_keys=True)

@@ -27,9 +27,7 @@ unverified entry per federation waits here.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from protocols.atomic_files import staged_directory
 from protocols.canonical import tensors_digest
 from protocols.errors import IntegrityError
 
@@ -95,32 +94,18 @@ class Outbox:
 
     def put(self, entry: OutboxEntry) -> None:
         """Store an entry atomically; an existing entry for the round is replaced."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
-        try:
-            with open(tmp / "delta.npz", "wb") as f:
+        with staged_directory(self._dir(entry.round)) as stage:
+            with open(stage / "delta.npz", "wb") as f:
                 arrays: dict[str, Any] = dict(entry.delta)
                 np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
             meta = {
                 "round": entry.round,
                 "base_model_digest": entry.base_model_digest,
                 "delta_digest": tensors_digest(entry.delta),
                 "payload": entry.payload,
             }
-            with open(tmp / "entry.json", "w", encoding="utf-8") as f:
-                json.dump(meta, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            final = self._dir(entry.round)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(self.root)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            (stage / "entry.json").write_text(json.dumps(meta, sort_keys=True),
+                                              encoding="utf-8")
 
     def prune(self, *, verified: Collection[int]) -> None:
         """Drop entries older than the newest ``keep``, but only for ``verified`` rounds."""
@@ -128,14 +113,6 @@ class Outbox:
         for old in rounds[: max(0, len(rounds) - self.keep)]:
             if int(old.name.removeprefix("round-")) in verified:
                 shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def as_float32(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -15,8 +15,6 @@ counts the rows whose standardised structure repeats an earlier row's.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import pandas as pd
 from chem.mlflow_model import Predictor
 from chem.standardize import InvalidRow, standardize_many
 from chem.tables import read_frame
+from protocols.atomic_files import atomic_open
 from protocols.errors import DataError, MissingColumnError
 
 __all__ = ["Predictions", "predict_file", "predict_frame"]
@@ -95,18 +94,9 @@ def predict_file(predictor: Predictor, input_path: Path, output_path: Path, *,
                         expected=".csv | .parquet")
     result = predict_frame(predictor, read_frame(Path(input_path), encoding=encoding),
                            smiles_column=smiles_column)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output_path.name}.", dir=output_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if suffix == ".csv":
-                result.frame.to_csv(f, index=False)
-            else:
-                result.frame.to_parquet(f, index=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, output_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_open(output_path) as f:
+        if suffix == ".csv":
+            result.frame.to_csv(f, index=False)
+        else:
+            result.frame.to_parquet(f, index=False)
     return result

@@ -28,15 +28,13 @@ and it counts the rounds whose receipt marks its spent update ``dropped``
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protocols.atomic_files import create_new, write_bytes, write_json
 from protocols.canonical import canonical_json, strict_json_loads
 from protocols.errors import MessageValidationError, ProtocolError, ReceiptVerificationError
 from protocols.messages import check_digest
@@ -232,47 +230,13 @@ class ReceiptStore:
             proof_path = self.dir / f"proof-{receipt.round:06d}.json"
             if proof_path.exists():
                 proof_path.unlink()  # left by a crash before its receipt was stored
-            _atomic_write(proof_path, proof.canonical_bytes())
-        _atomic_write(self._path(receipt.round), receipt.canonical_bytes())
+            create_new(proof_path, proof.canonical_bytes())
+        create_new(self._path(receipt.round), receipt.canonical_bytes())  # append-only
         # After the receipt: a crash in between leaves the pin one round behind, never ahead.
-        _atomic_write(self.head_file, canonical_json({
+        write_bytes(self.head_file, canonical_json({
             "federation_id": receipt.federation_id, "receipt_hash": receipt_hash(receipt),
-            "round": receipt.round}), overwrite=True)
+            "round": receipt.round}))
 
     def _halt(self, check: str, round: int | None, message: str) -> None:
-        self.halt_file.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps({"check": check, "round": round, "message": message}, indent=2)
-        fd, tmp = tempfile.mkstemp(prefix=".halt-", dir=self.halt_file.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.halt_file)
-
-
-def _atomic_write(path: Path, data: bytes, *, overwrite: bool = False) -> None:
-    """Write ``path`` from a fsynced temp file, then fsync the directory.
-
-    Append-only by default: ``os.link`` fails if the name exists. ``overwrite``
-    replaces the file instead (``os.replace``), for the recorded head.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        (os.replace if overwrite else os.link)(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):  # gone after os.replace
-            os.unlink(tmp)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the new directory entry durable (POSIX: fsync the directory itself)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        write_json(self.halt_file, {"check": check, "round": round, "message": message},
+                   indent=2)

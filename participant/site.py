@@ -61,6 +61,7 @@ from participant.private_evaluation import (
     release_metrics,
 )
 from participant.receipt_store import ReceiptStore
+from protocols.atomic_files import write_json
 from protocols.canonical import canonical_json, sha256_hex, tensors_digest
 from protocols.errors import (
     ConfigError,
@@ -288,9 +289,7 @@ class Site:
                         delta=self.cfg.delta, max_epsilon=self.cfg.max_epsilon, history=before,
                         accountant=plan.accountant)  # type: ignore[arg-type]
         stored[key] = cal.__dict__
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(stored))
-        tmp.replace(path)
+        write_json(path, stored)
         log.info("calibrated noise_multiplier %.3f at sample_rate %.4f for ε %.2f over %d "
                  "rounds", cal.noise_multiplier, cal.sample_rate, cal.planned_epsilon,
                  plan.rounds)

@@ -8,25 +8,15 @@
 from __future__ import annotations
 
 import json
-import os
 import tomllib
 from pathlib import Path
 
 from participant.config import ParticipantConfig
 from participant.keys import MemberKeys, create_member_keys
+from protocols.atomic_files import write_text
 from protocols.errors import DeploymentError
 
 __all__ = ["init_site", "participant_template"]
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _toml_str(value: str | Path) -> str:
@@ -109,5 +99,5 @@ def init_site(directory: Path, *, coordinator: str, root_certificate: Path | Non
     ParticipantConfig.from_mapping(tomllib.loads(text),
                                    base_dir=directory.resolve())
     keys = create_member_keys(directory / "keys")
-    _write_text(toml, text)
+    write_text(toml, text)
     return toml, keys

@@ -8,7 +8,8 @@ this host's loopback). Any other URI is refused unless the member passes
 ``unsafe_allow_remote_tracking=True``, which logs a warning every time.
 
 Every call goes through an explicit :class:`mlflow.MlflowClient`; no global
-tracking URI, no active run. Telemetry is disabled (``chem.mlflow_model``).
+tracking URI, no active run. Telemetry is disabled when the tracker opens
+(:func:`chem.mlflow_client.disable_telemetry`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import logging
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -26,11 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from mlflow.entities import Metric, Param
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from chem.featurizers import FeaturizationSpec
+from chem.mlflow_client import mlflow_client, mlflow_errors
 from chem.mlflow_model import log_predictor, save_predictor_files
 from chem.models import ModelSpec
 from protocols.errors import TrackingError
@@ -77,19 +76,6 @@ def check_local_uri(uri: str, *, unsafe_allow_remote_tracking: bool = False) -> 
     return uri
 
 
-@contextmanager
-def _mlflow_errors(action: str, uri: str) -> Iterator[None]:
-    try:
-        yield
-    except MlflowException as exc:
-        raise TrackingError(f"MLflow {action} failed", got=f"{uri}: {exc.message[:300]}",
-                            fix="check the tracking URI and that the state dir is writable"
-                            ) from None
-    except OSError as exc:
-        raise TrackingError(f"MLflow {action} failed", got=f"{uri}: {exc}",
-                            fix="check that the state dir is writable") from None
-
-
 @dataclass(frozen=True, kw_only=True)
 class LoggedModel:
     """Where a fine-tuned model went: its URI, and its local registry version if registered."""
@@ -108,8 +94,8 @@ class ParticipantTracker:
         self.uri = check_local_uri(tracking_uri,
                                    unsafe_allow_remote_tracking=unsafe_allow_remote_tracking)
         self.site = site
-        with _mlflow_errors("opening the experiment", self.uri):
-            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        with mlflow_errors("opening the experiment", self.uri):
+            self.client = mlflow_client(self.uri)
             exp = self.client.get_experiment_by_name(experiment)
             self.experiment_id = str(exp.experiment_id if exp is not None else
                                      self.client.create_experiment(
@@ -128,7 +114,7 @@ class ParticipantTracker:
     def start_finetune(self, *, run_name: str, params: Mapping[str, Any],
                        tags: Mapping[str, str] | None = None) -> FineTuneRun:
         """A new fine-tune run with ``params`` logged (values cut to MLflow's limit)."""
-        with _mlflow_errors("starting a fine-tune run", self.uri):
+        with mlflow_errors("starting a fine-tune run", self.uri):
             run = self.client.create_run(self.experiment_id, run_name=run_name,
                                          tags={SITE_TAG: self.site, **(tags or {})})
             run_id = str(run.info.run_id)
@@ -148,7 +134,7 @@ class FineTuneRun:
     def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
         """Metrics at ``step`` (epoch)."""
         now = int(time.time() * 1000)
-        with _mlflow_errors("logging metrics", self.tracker.uri):
+        with mlflow_errors("logging metrics", self.tracker.uri):
             self.tracker.client.log_batch(
                 self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
@@ -156,7 +142,7 @@ class FineTuneRun:
                   featurization_spec: FeaturizationSpec, *, register_as: str | None = None,
                   version_tags: Mapping[str, str] | None = None) -> LoggedModel:
         """Log the fine-tuned model as a SMILES pyfunc; register it locally if asked."""
-        with _mlflow_errors("logging the fine-tuned model", self.tracker.uri), \
+        with mlflow_errors("logging the fine-tuned model", self.tracker.uri), \
                 tempfile.TemporaryDirectory(prefix="fedadmet-finetuned-") as tmp:
             files = save_predictor_files(tmp, state_dict, model_spec, featurization_spec)
             uri, version = log_predictor(
@@ -167,7 +153,7 @@ class FineTuneRun:
 
     def end(self, status: str = "FINISHED") -> None:
         """Mark the run FINISHED (or FAILED / KILLED)."""
-        with _mlflow_errors("ending the run", self.tracker.uri):
+        with mlflow_errors("ending the run", self.tracker.uri):
             self.tracker.client.set_terminated(self.run_id, status=status)
 
     def __enter__(self) -> FineTuneRun:

@@ -17,7 +17,6 @@ Protocol (Huang et al. 2021, TDC ADMET Benchmark Group), re-created offline:
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +32,7 @@ from chem.metrics import endpoint_metrics
 from chem.models import EndpointSpec, ModelSpec, build_model, predict
 from chem.splits import scaffold_split
 from chem.training import Split, fit
+from protocols.atomic_files import PUBLIC, write_text
 from simulations.datasets import dataset, load_dataset
 
 __all__ = ["BaselineConfig", "BaselineResult", "parse_seeds", "protocol_split", "run_baseline",
@@ -157,15 +157,8 @@ def run_baseline(name: str, *, seeds: Sequence[int], config: BaselineConfig = Ba
 
 def write_result(result: BaselineResult, out_dir: Path) -> Path:
     """Write ``baseline-<dataset>.json`` into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"baseline-{result.dataset}.json"
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(asdict(result), indent=2, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    return write_text(out_dir / f"baseline-{result.dataset}.json",
+                      json.dumps(asdict(result), indent=2, sort_keys=True) + "\n", mode=PUBLIC)
 
 
 def update_docs_table(path: Path, results: list[BaselineResult]) -> None:
