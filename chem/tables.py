@@ -58,12 +58,11 @@ from chem.standardize import (
     InvalidRow,
     standardize_many,
 )
+from protocols.endpoints import Task
 from protocols.errors import DataError, MissingColumnError
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from chem.models import Task  # torch stays unimported: annotations only
 
 __all__ = ["MoleculeTable", "TableReport", "check_file", "check_text", "load_table",
            "read_frame", "report_lines"]

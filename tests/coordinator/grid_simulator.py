@@ -27,12 +27,13 @@ import torch
 from flwr.app import ConfigRecord, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from chem.models import EndpointSpec, ModelSpec, build_model, get_weights, masked_loss
+from chem.models import ModelSpec, build_model, get_weights, masked_loss
 from coordinator.admission import Member
 from coordinator.config import FederationConfig
 from coordinator.federation import Federation
 from protocols import flower_codec as codec
 from protocols.canonical import canonical_json, sha256_hex, tensors_digest
+from protocols.endpoints import EndpointSpec
 from protocols.messages import (
     PROTOCOL_VERSION,
     Refusal,

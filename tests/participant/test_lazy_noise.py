@@ -12,11 +12,12 @@ from scipy import stats
 from torch import nn
 
 import participant.dp_sgd as dp_sgd
-from chem.models import EndpointSpec, ModelSpec, build_model, masked_loss
+from chem.models import ModelSpec, build_model, masked_loss
 from chem.sparse_rows import SparseBatch, SparseRows
 from participant.dp_random import DPRandom
 from participant.dp_sgd import DPTrainingResult, dp_train
 from participant.lazy_noise import LazyColumnNoise, plain_sgd_group
+from protocols.endpoints import EndpointSpec
 from protocols.errors import ConfigError
 
 
