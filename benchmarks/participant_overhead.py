@@ -54,7 +54,7 @@ def child(workdir: str, spawned: float) -> None:
     # What the site imports on the train path only (Opacus: accountants, sampler, noise).
     lazy = time.monotonic()
     import participant.calibration  # noqa: F401 (timed here; the site imports it lazily)
-    import participant.dp_sgd as dp_sgd_module
+    import participant.dp.training as dp_sgd_module
     from participant.ledger import PrivacyLedger
     train_imports = time.monotonic() - lazy
     from protocols import flower_codec as codec

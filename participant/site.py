@@ -334,7 +334,7 @@ class Site:
         except DataError as exc:
             return self._refusal(ins, "data-error", exc.diagnostics())
         from participant.calibration import Calibration
-        from participant.privacy_training import train_dp_round
+        from participant.dp.local_round import train_dp_round
 
         plan = ins.dp_plan
         try:

@@ -80,7 +80,7 @@ def initial() -> Weights:
 def _dp_delta(n_examples: int, seed: int) -> tuple[tuple[str, np.ndarray], ...]:
     """One site's real DP-SGD round from :func:`initial` (participant's own training code)."""
     from coordinator.update_bound import plan_noise
-    from participant.privacy_training import train_dp_round
+    from participant.dp.local_round import train_dp_round
 
     steps, sigma = plan_noise(batch_size=DP["batch-size"], local_epochs=DP["local-epochs"],
                               rounds=ROUNDS, target_epsilon=DP["target-epsilon"],

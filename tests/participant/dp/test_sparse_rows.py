@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 from chem.models import ModelSpec, build_model
-from chem.sparse_rows import SparseBatch, SparseRows, column_major, row_batches, sparse_input
+from participant.dp.sparse_rows import (
+    SparseBatch,
+    SparseRows,
+    column_major,
+    row_batches,
+    sparse_input,
+)
 from protocols.endpoints import EndpointSpec
 
 

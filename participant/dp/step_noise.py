@@ -13,7 +13,7 @@ returns it complete before that step's update, and the following
 until its update is done.
 
 The buffer is split into fixed chunks, chunk k always drawn from generator k
-(each with a full state of fresh OS entropy from ``participant.dp_random``,
+(each with a full state of fresh OS entropy from ``participant.dp.randomness``,
 or derived from an ``unsafe_seed`` in tests), so the noise sequence is a
 function of those states alone, whichever thread draws which chunk. Two buffers alternate so
 step t+1's draw can start as soon as step t's noise is taken, while step t's
@@ -34,7 +34,7 @@ import threading
 
 import torch
 
-from participant.dp_random import DPRandom
+from participant.dp.randomness import DPRandom
 
 __all__ = ["StepNoise"]
 

@@ -28,8 +28,8 @@ draws (``dp_sgd.LAZY_MAX_READ_FRACTION``): 0.84-0.92x the DP epoch at batch
 
 Momentum, weight decay or adaptive optimizers (Adam) feed the noise through
 state that every step reads, so they keep the per-step draws
-(``participant.dp_sgd`` checks); so does ``secure_mode``, whose draws come
-from a CSPRNG stream (``participant.dp_random``), not a torch generator.
+(``participant.dp.training`` checks); so does ``secure_mode``, whose draws come
+from a CSPRNG stream (``participant.dp.randomness``), not a torch generator.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from participant.dp_random import DPRandom
-from participant.gaussian_noise import StepNoise
+from participant.dp.randomness import DPRandom
+from participant.dp.step_noise import StepNoise
 
 __all__ = ["LazyColumnNoise", "plain_sgd_group"]
 

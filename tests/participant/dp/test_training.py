@@ -10,8 +10,8 @@ from opacus import GradSampleModule
 from torch import nn
 
 from chem.models import ModelSpec, build_model, masked_loss
-from chem.sparse_rows import SparseRows
-from participant.dp_sgd import clip_and_sum, dp_train, linear_layers
+from participant.dp.sparse_rows import SparseRows
+from participant.dp.training import clip_and_sum, dp_train, linear_layers
 from protocols.endpoints import EndpointSpec
 from protocols.errors import ConfigError
 

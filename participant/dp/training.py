@@ -24,15 +24,15 @@ max_grad_norm on the clipped sum, then division by the expected batch size),
 with the division applied to each term: the noise is drawn with the divided
 std and the clipped sum is added onto it by one in-place ``addmm_``. The
 Gaussian draws cost more than the rest of the step's extra work, so
-``participant.gaussian_noise`` draws each step's noise on a helper thread
+``participant.dp.step_noise`` draws each step's noise on a helper thread
 beside the training arithmetic (fresh per step, complete before that step's
-update). Every draw comes from ``participant.dp_random``: generators with
+update). Every draw comes from ``participant.dp.randomness``: generators with
 a full state of OS entropy (no searchable seed), batches from Opacus's
 Poisson ``UniformWithReplacementSampler``; ``secure_mode`` (Opacus's name)
 draws the batches and the noise from an AES-256-CTR CSPRNG instead.
 
 Fingerprint inputs are ~98% zeros. When ``batch_inputs`` returns CSR rows
-(``chem.sparse_rows.SparseBatch``), the Linear layer that reads them runs on
+(``participant.dp.sparse_rows.SparseBatch``), the Linear layer that reads them runs on
 the non-zeros only: forward ``X W^T`` and weight gradient ``X^T (c * G)``
 from CSR, ``||a_i||^2`` from the stored values, and its weight is kept
 column-major during training so both kernels read and write contiguous
@@ -40,7 +40,7 @@ memory. The clipping is unchanged; without noise the result equals the
 dense path up to float summation order (tested with Opacus and against the
 dense path step for step). Under plain SGD, the noise of that weight's
 columns a batch does not read is owed and drawn when one next does
-(``participant.lazy_noise``): the same distribution, a third of the draws
+(``participant.dp.lazy_noise``): the same distribution, a third of the draws
 at batch 32.
 
 The path is exact DP-SGD for networks whose parameters all live in
@@ -60,15 +60,15 @@ import torch
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 
-from chem.sparse_rows import SparseBatch, column_major, sparse_input
-from participant.dp_random import CsprngStream, DPRandom
-from participant.gaussian_noise import StepNoise
-from participant.lazy_noise import LazyColumnNoise, plain_sgd_group
+from participant.dp.lazy_noise import LazyColumnNoise, plain_sgd_group
+from participant.dp.randomness import CsprngStream, DPRandom
+from participant.dp.sparse_rows import SparseBatch, column_major, sparse_input
+from participant.dp.step_noise import StepNoise
 from protocols.errors import ConfigError
 
 __all__ = ["ClippedGradients", "DPTrainingResult", "clip_and_sum", "dp_train", "linear_layers"]
 
-# Per-column noise (participant.lazy_noise) is used when the first batch reads at
+# Per-column noise (participant.dp.lazy_noise) is used when the first batch reads at
 # most this fraction of a CSR-read weight's columns. Measured on Lipophilicity,
 # 2048-256, 2 cores: 0.84-0.92x the epoch at batch 32 (33% read), even at 64 (47%),
 # 1.05-1.13x at 128-256 (65-80%), where its per-step bookkeeping outweighs the
@@ -257,7 +257,7 @@ def dp_train(
     """Run ``steps`` DP-SGD steps with Poisson sampling at ``sample_rate``.
 
     ``batch_inputs(idx)`` returns the model input for the sampled indices
-    (a dense tensor, or a ``chem.sparse_rows.SparseBatch`` for fingerprints:
+    (a dense tensor, or a ``participant.dp.sparse_rows.SparseBatch`` for fingerprints:
     the Linear layer that reads it then runs on the non-zeros only) and
     ``batch_loss(pred, idx)`` the per-sample losses. The privacy cost of the
     call is ``steps`` compositions of the subsampled Gaussian mechanism at
@@ -265,13 +265,13 @@ def dp_train(
 
     With plain SGD, a CSR-read weight's noise is by default owed per column
     and drawn when a batch next reads the column, or when training ends
-    (``participant.lazy_noise``): the same distribution of every step and of
+    (``participant.dp.lazy_noise``): the same distribution of every step and of
     the trained model, with fewer draws. ``lazy_noise=False`` draws every
     step's noise for every parameter. Gradients are not kept: each ``p.grad``
     is None on return; a gradient already on a trained parameter is refused
     (it would be applied unclipped and un-noised).
 
-    The batches and noise come from fresh OS entropy (``participant.dp_random``);
+    The batches and noise come from fresh OS entropy (``participant.dp.randomness``);
     ``unsafe_seed`` makes them reproducible, for tests only (it logs a warning).
     """
     if not 0 < sample_rate <= 1:
@@ -393,7 +393,7 @@ class _NoiseLayout:
         """Lay out the noise after the first forward pass (nothing is owed before it).
 
         Weights that read CSR inputs go column-major; under plain SGD their
-        noise is owed per column (``participant.lazy_noise``), settled by a
+        noise is owed per column (``participant.dp.lazy_noise``), settled by a
         forward pre-hook just before the layer reads the columns and in full
         when training ends. Everything else gets each step's noise as one
         flat buffer, drawn on a helper thread beside the step when it is big.
