@@ -1,8 +1,11 @@
 """One DP training round at a site: Poisson sampling, per-sample clipping, noise.
 
-A thin shell over ``participant.dp.training.dp_train`` (Abadi et al. 2016). The
-caller commits the round's spend to the ledger (noise_multiplier,
-sample_rate, steps returned here) BEFORE any update leaves the process.
+A thin shell over ``participant.dp.training.dp_train`` (Abadi et al. 2016): it
+chooses the trainable parameters, builds the optimizer over them and reads
+fingerprint-like features as CSR rows (``participant.dp.sparse_rows``). Its
+callers are ``participant.site`` and the privacy audits. The caller commits
+the round's spend to the ledger (noise_multiplier, sample_rate, steps returned
+here) BEFORE any update leaves the process.
 Only aggregates are returned, never per-example values.
 """
 

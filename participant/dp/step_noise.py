@@ -26,6 +26,10 @@ One ``normal_`` call per chunk keeps the helper's hold on the GIL short.
 Faster samplers built from many small numpy calls (AES-CTR bits plus
 Box-Muller: 0.9 vs 1.75 ms per step alone) slowed the training thread's
 small ops 4-9x through GIL hand-offs and lost overall.
+
+Used by ``participant.dp.noisy_step`` (each step's noise for every parameter not
+owed per column) and by ``participant.dp.lazy_noise`` (its helper's draws); its
+generators and streams come from ``participant.dp.randomness``.
 """
 
 from __future__ import annotations

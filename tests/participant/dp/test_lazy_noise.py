@@ -11,7 +11,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-import participant.dp.training as dp_sgd
+import participant.dp.noisy_step as noisy_step
 from chem.models import ModelSpec, build_model, masked_loss
 from participant.dp.lazy_noise import LazyColumnNoise, plain_sgd_group
 from participant.dp.randomness import DPRandom
@@ -30,7 +30,7 @@ def made(monkeypatch: pytest.MonkeyPatch) -> list[LazyColumnNoise]:
         made.append(LazyColumnNoise(*args, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(dp_sgd, "LazyColumnNoise", record)
+    monkeypatch.setattr(noisy_step, "LazyColumnNoise", record)
     return made
 
 

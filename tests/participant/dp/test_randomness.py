@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-import participant.dp.randomness as dp_random
+import participant.dp.randomness as randomness
 from participant.dp.randomness import DPRandom, is_integer_seeded, mt_state_words
 from participant.dp.training import dp_train
 from participant.site import Site
@@ -98,14 +98,14 @@ def test_every_generator_state_is_fresh_os_entropy(monkeypatch: pytest.MonkeyPat
         drawn.append(real(n))
         return drawn[-1]
 
-    monkeypatch.setattr(dp_random.os, "urandom", urandom)
+    monkeypatch.setattr(randomness.os, "urandom", urandom)
     rng = DPRandom()
     gens = [rng.generator(), rng.spawn().generator()]
-    assert [len(d) for d in drawn] == [4 * dp_random.MT_STATE_WORDS + 8] * 2
+    assert [len(d) for d in drawn] == [4 * randomness.MT_STATE_WORDS + 8] * 2
     for g, raw in zip(gens, drawn, strict=True):
         words = mt_state_words(g)
         # The whole 19968-bit state is the entropy read, not a seed's expansion.
-        assert words.tobytes() == raw[:4 * dp_random.MT_STATE_WORDS]
+        assert words.tobytes() == raw[:4 * randomness.MT_STATE_WORDS]
         assert not is_integer_seeded(words)
     # The state is what the generator uses: a different state draws differently.
     assert not torch.equal(torch.randn(8, generator=gens[0]), torch.randn(8, generator=gens[1]))
