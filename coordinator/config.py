@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from protocols.canonical import canonical_json, sha256_hex
+from protocols.endpoints import TASKS, EndpointSpec
 from protocols.errors import ConfigError
 from protocols.settings import ConfigPaths, Table, default_tracking_uri, read_toml
 
 __all__ = [
     "AdmissionConfig",
     "CentralDPConfig",
-    "EndpointConfig",
     "FederationConfig",
     "ModelConfig",
     "PrivacyPlanConfig",
@@ -31,24 +31,13 @@ Weighting = Literal["uniform", "capped"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class EndpointConfig:
-    """One consortium endpoint: its head is federated alongside the trunk."""
-
-    name: str
-    task: Literal["regression", "classification"]
-    unit: str = ""
-    target_offset: float = 0.0
-    target_scale: float = 1.0
-
-
-@dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """The shared model: featurizer, trunk and consortium heads."""
 
     featurizer: str = "ecfp4-count-2048/v1"
     hidden_dims: tuple[int, ...] = (512, 256)
     dropout: float = 0.1
-    endpoints: tuple[EndpointConfig, ...] = ()
+    endpoints: tuple[EndpointSpec, ...] = ()
     init_seed: int = 0
 
 
@@ -219,10 +208,9 @@ class FederationConfig:
 def _model(t: Table) -> ModelConfig:
     endpoints = []
     for et in t.array_of_tables("endpoints"):
-        endpoints.append(EndpointConfig(
+        endpoints.append(EndpointSpec(
             name=et.text("name", required=True),
-            task=et.text("task", required=True,  # type: ignore[arg-type]
-                        choices=("regression", "classification")),
+            task=et.text("task", required=True, choices=TASKS),  # type: ignore[arg-type]
             unit=et.text("unit", ""),
             target_offset=et.number("target-offset", 0.0),
             target_scale=et.number("target-scale", 1.0, min=0.0, min_exclusive=True),

@@ -20,7 +20,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from chem.featurization_spec import feature_dim, get_spec
-from chem.models import EndpointSpec, ModelSpec, build_model, get_weights
+from chem.models import ModelSpec, build_model, get_weights
 from coordinator.config import FederationConfig
 from coordinator.federation import Federation, RoundSummary, Weights, write_final
 from coordinator.members import load_members
@@ -46,10 +46,7 @@ def model_spec_for(cfg: FederationConfig) -> ModelSpec:
     spec = get_spec(cfg.model.featurizer)
     return ModelSpec(
         input_dim=feature_dim(spec), hidden_dims=cfg.model.hidden_dims,
-        dropout=cfg.model.dropout,
-        endpoints=tuple(EndpointSpec(name=e.name, task=e.task, unit=e.unit,
-                                     target_offset=e.target_offset, target_scale=e.target_scale)
-                        for e in cfg.model.endpoints))
+        dropout=cfg.model.dropout, endpoints=cfg.model.endpoints)
 
 
 def _package(directory: Path, weights: Weights, mspec: ModelSpec,

@@ -7,7 +7,7 @@ the plan (max-grad-norm C, learning rate, batch size B, local epochs, rounds, ta
 member reports enters it.
 
 DP-SGD (Abadi et al. 2016, "Deep Learning with Differential Privacy", Algorithm 1,
-with Opacus's arithmetic in ``participant.dp_sgd``): each of T steps moves the
+with Opacus's arithmetic in ``participant.dp.training``): each of T steps moves the
 shared parameters by ``lr * (S_t + Z_t) / B`` with ``||S_t|| <= |b_t| C`` (clipped
 per-example gradients of a Poisson batch b_t) and ``Z_t ~ N(0, σ² C² I_d)``
 independent across steps. By the triangle inequality

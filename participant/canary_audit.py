@@ -6,7 +6,7 @@ structures (compounds of the site's own held-out set) with an
 out-of-distribution label (a regression value ``CANARY_SHIFT`` training
 standard deviations above the mean, or a flipped class). The site's training
 data is trained on through the production path,
-``participant.privacy_training.train_dp_round`` (hence ``dp_sgd.dp_train``:
+``participant.dp.local_round.train_dp_round`` (hence ``participant.dp.training.dp_train``:
 Poisson sampling, per-sample clipping, noise), ``runs`` times with the
 canaries and ``runs`` times without, from the same initial weights. Each
 run's score is :func:`canary_score` of the trained model; the
@@ -36,10 +36,10 @@ import numpy as np
 import torch
 
 from chem.models import MultiTaskMLP, masked_loss
+from participant.dp.local_round import train_dp_round
 from participant.epsilon_lower_bound import DistinguishingBound, distinguishing_bound
 from participant.ledger import Accountant, epsilon_for
 from participant.membership_inference import per_example_losses
-from participant.privacy_training import train_dp_round
 
 __all__ = [
     "CANARY_SHIFT",

@@ -74,7 +74,7 @@ class LocalTrainingConfig:
     threads: int = 0
     # Opacus's secure_mode: DP batches and noise from a CSPRNG (AES-256-CTR) with
     # floating-point-attack-resistant Gaussians; slower. Off: full-state Mersenne
-    # Twister generators from OS entropy (participant.dp_random), no seed to search.
+    # Twister generators from OS entropy (participant.dp.randomness), no seed to search.
     secure_mode: bool = False
 
 

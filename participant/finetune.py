@@ -30,21 +30,13 @@ import numpy as np
 from chem.featurizers import FeaturizationSpec
 from chem.metrics import HIGHER_IS_BETTER, endpoint_metrics, headline_metric, mean_predictor_metrics
 from chem.mlflow_model import load_predictor
-from chem.models import (
-    EndpointSpec,
-    ModelSpec,
-    MultiTaskMLP,
-    Task,
-    build_model,
-    get_weights,
-    predict,
-    set_weights,
-)
+from chem.models import ModelSpec, MultiTaskMLP, build_model, get_weights, predict, set_weights
 from chem.tables import TableReport
 from chem.training import FitResult, Split, fit
 from participant.config import EndpointColumn, ParticipantConfig
 from participant.data import load_site_data
 from participant.tracking import LoggedModel, ParticipantTracker
+from protocols.endpoints import EndpointSpec, Task
 from protocols.errors import ConfigError, DataError
 
 __all__ = ["FineTuneOptions", "FineTuneOutcome", "FineTuneReport", "adapt", "run_finetune"]

@@ -29,15 +29,16 @@ import numpy as np
 import torch
 
 from chem.featurizers import get_spec
-from chem.models import EndpointSpec, ModelSpec, MultiTaskMLP, build_model, masked_loss
+from chem.models import ModelSpec, MultiTaskMLP, build_model, masked_loss
 from chem.training import Split, fit
 from participant.calibration import calibrate
 from participant.canary_audit import DPMechanism, craft_canaries, run_canary_audit
 from participant.config import ParticipantConfig
 from participant.data import SiteData, load_site_data
+from participant.dp.local_round import train_dp_round
 from participant.membership_inference import AttackData, run_attacks, train_shadows
-from participant.privacy_training import train_dp_round
 from participant.roc_statistics import AttackMetrics
+from protocols.endpoints import EndpointSpec
 from protocols.errors import ConfigError
 
 __all__ = ["AuditPlan", "aligned", "attack_targets", "canary_audits", "run_privacy_audit",

@@ -39,7 +39,6 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +46,7 @@ import numpy as np
 import torch
 
 from chem.featurizers import FeaturizationSpec, check_compatible
-from chem.models import EndpointSpec, ModelSpec, build_model, get_weights, masked_loss, predict
+from chem.models import ModelSpec, build_model, get_weights, masked_loss, predict
 from chem.models import set_weights as load_weights
 from participant.config import ParticipantConfig
 from participant.data import SiteData, load_site_data
@@ -63,6 +62,7 @@ from participant.private_evaluation import (
 from participant.receipt_store import ReceiptStore
 from protocols.atomic_files import write_json
 from protocols.canonical import canonical_json, sha256_hex, tensors_digest
+from protocols.endpoints import EndpointSpec
 from protocols.errors import (
     ConfigError,
     DataError,
@@ -77,6 +77,7 @@ from protocols.messages import (
     UpdateSubmission,
     count_bucket,
 )
+from protocols.replies import TrainReply as TrainResult  # the one type; old name kept here
 from protocols.signing import fingerprint, load_private_key, load_public_key
 
 __all__ = ["Site", "TrainResult", "epsilon_claim", "reason_for"]
@@ -114,16 +115,6 @@ if TYPE_CHECKING:
     from participant.ledger import PrivacyLedger
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """A signed submission with its delta and metrics, or a refusal."""
-
-    submission: UpdateSubmission | None
-    delta: dict[str, np.ndarray]
-    metrics: dict[str, float]
-    refusal: Refusal | None
 
 
 class Site:
@@ -342,7 +333,7 @@ class Site:
         except DataError as exc:
             return self._refusal(ins, "data-error", exc.diagnostics())
         from participant.calibration import Calibration
-        from participant.privacy_training import train_dp_round
+        from participant.dp.local_round import train_dp_round
 
         plan = ins.dp_plan
         try:

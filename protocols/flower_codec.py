@@ -27,7 +27,6 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -35,10 +34,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from protocols.errors import MessageValidationError, ReplyBoundsError
 from protocols.messages import Refusal, RoundInstruction, UpdateSubmission, Wire
+from protocols.replies import TrainReply
 
 __all__ = [
     "NPY_HEADER_SLACK",
-    "TrainReply",
     "decode_evaluate_reply",
     "decode_instruction",
     "decode_train_reply",
@@ -233,16 +232,6 @@ def decode_instruction(content: RecordDict) -> tuple[RoundInstruction, dict[str,
 
 
 # ---------------------------------------------------------------- replies
-@dataclass(frozen=True)
-class TrainReply:
-    """A decoded train reply: a submission with its delta and metrics, or a refusal."""
-
-    submission: UpdateSubmission | None
-    delta: dict[str, np.ndarray]
-    metrics: dict[str, float]
-    refusal: Refusal | None
-
-
 def encode_train_reply(submission: UpdateSubmission, delta: Mapping[str, np.ndarray],
                        metrics: Mapping[str, float]) -> RecordDict:
     """Signed submission, the delta arrays, and aggregate metrics."""

@@ -6,6 +6,11 @@ or mistyped fields and other protocol versions) and one canonical byte form
 (:meth:`Wire.canonical_bytes`, RFC 8785 JSON of :meth:`Wire.to_dict`) used
 for hashing and signing. Arrays never appear here: they travel separately
 and are referred to by digest (see :mod:`protocols.canonical`).
+
+This module is also the one home of what every wire type shares: the
+:class:`Wire` base, :class:`Signed` (the one signing payload: canonical bytes of
+every field but ``signature``) and the public ``check_*`` field validators that
+:mod:`protocols.receipts` uses too.
 """
 
 from __future__ import annotations
@@ -32,7 +37,12 @@ __all__ = [
     "Wire",
     "check_digest",
     "check_fingerprint",
+    "check_float",
+    "check_int",
     "check_participant_id",
+    "check_signature",
+    "check_str",
+    "check_version",
     "count_bucket",
 ]
 
@@ -86,20 +96,23 @@ def check_participant_id(cls: str, name: str, value: Any) -> None:
         raise _bad(cls, name, value, "'sha256:<64 hex>' or 'node:<integer>'")
 
 
-def _check_signature(cls: str, name: str, value: Any, *, optional: bool = False) -> None:
+def check_signature(cls: str, name: str, value: Any, *, optional: bool = False) -> None:
+    """A lower-case hex Ed25519 signature (or None, when ``optional``)."""
     if optional and value is None:
         return
     if not isinstance(value, str) or not _SIG.fullmatch(value):
         raise _bad(cls, name, value, "128 lower-case hex characters (Ed25519)")
 
 
-def _check_int(cls: str, name: str, value: Any, *, minimum: int) -> None:
+def check_int(cls: str, name: str, value: Any, *, minimum: int) -> None:
+    """An integer (not a bool) of at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise _bad(cls, name, value, f"an integer >= {minimum}")
 
 
-def _check_float(cls: str, name: str, value: Any, *, lo: float, hi: float = math.inf,
-                 lo_open: bool = False) -> None:
+def check_float(cls: str, name: str, value: Any, *, lo: float, hi: float = math.inf,
+                lo_open: bool = False) -> None:
+    """A finite number (not a bool) in ``[lo, hi]``, or ``(lo, hi]`` when ``lo_open``."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise _bad(cls, name, value, "a finite number")
     if value < lo or (lo_open and value == lo) or value > hi:
@@ -107,9 +120,18 @@ def _check_float(cls: str, name: str, value: Any, *, lo: float, hi: float = math
         raise _bad(cls, name, value, f"a number in {bracket}{lo}, {hi}]")
 
 
-def _check_str(cls: str, name: str, value: Any) -> None:
+def check_str(cls: str, name: str, value: Any) -> None:
+    """A non-empty string."""
     if not isinstance(value, str) or not value:
         raise _bad(cls, name, value, "a non-empty string")
+
+
+def check_version(cls: str, value: Any) -> None:
+    """This protocol version, :data:`PROTOCOL_VERSION`, exactly."""
+    if value != PROTOCOL_VERSION:
+        raise MessageValidationError(
+            f"{cls}: unsupported protocol version", got=value, expected=PROTOCOL_VERSION,
+            fix="run the same fedadmet protocol version as the rest of the federation")
 
 
 def _encode(value: Any) -> Any:
@@ -167,16 +189,13 @@ class Wire:
         return cls(**cls._fields_from(data))
 
 
-def _check_version(cls: str, value: Any) -> None:
-    if value != PROTOCOL_VERSION:
-        raise MessageValidationError(
-            f"{cls}: unsupported protocol version", got=value, expected=PROTOCOL_VERSION,
-            fix="run the same fedadmet protocol version as the rest of the federation")
-
-
 @dataclass(frozen=True, kw_only=True)
 class Signed(Wire):
-    """A message its sender signs with its enrolled key over every other field."""
+    """A message its sender signs over every other field.
+
+    Participants sign submissions and refusals with their enrolled key; the coordinator
+    signs round receipts (:class:`protocols.receipts.RoundReceipt`) with its receipt key.
+    """
 
     signature: str = field(default="0" * 128)
 
@@ -209,13 +228,13 @@ class DPPlan(Wire):
 
     def __post_init__(self) -> None:
         n = "DPPlan"
-        _check_float(n, "max_grad_norm", self.max_grad_norm, lo=0.0, lo_open=True)
-        _check_int(n, "rounds", self.rounds, minimum=1)
-        _check_int(n, "local_epochs", self.local_epochs, minimum=1)
-        _check_float(n, "target_epsilon", self.target_epsilon, lo=0.0, lo_open=True)
-        _check_float(n, "delta", self.delta, lo=0.0, hi=1.0, lo_open=True)
-        _check_int(n, "batch_size", self.batch_size, minimum=1)
-        _check_float(n, "learning_rate", self.learning_rate, lo=0.0, lo_open=True)
+        check_float(n, "max_grad_norm", self.max_grad_norm, lo=0.0, lo_open=True)
+        check_int(n, "rounds", self.rounds, minimum=1)
+        check_int(n, "local_epochs", self.local_epochs, minimum=1)
+        check_float(n, "target_epsilon", self.target_epsilon, lo=0.0, lo_open=True)
+        check_float(n, "delta", self.delta, lo=0.0, hi=1.0, lo_open=True)
+        check_int(n, "batch_size", self.batch_size, minimum=1)
+        check_float(n, "learning_rate", self.learning_rate, lo=0.0, lo_open=True)
         if self.accountant not in ("rdp", "prv"):
             raise _bad(n, "accountant", self.accountant, "rdp | prv")
         if self.optimizer not in ("adam", "sgd"):
@@ -255,9 +274,9 @@ class RoundInstruction(Wire):
         n = "RoundInstruction"
         if self.weighting not in WEIGHTINGS:
             raise _bad(n, "weighting", self.weighting, " | ".join(WEIGHTINGS))
-        _check_version(n, self.protocol_version)
-        _check_str(n, "federation_id", self.federation_id)
-        _check_int(n, "round", self.round, minimum=1)
+        check_version(n, self.protocol_version)
+        check_str(n, "federation_id", self.federation_id)
+        check_int(n, "round", self.round, minimum=1)
         for name in ("global_model_digest", "model_spec_digest", "featurization_spec_digest",
                      "config_digest"):
             check_digest(n, name, getattr(self, name))
@@ -305,17 +324,17 @@ class UpdateSubmission(Signed):
 
     def __post_init__(self) -> None:
         n = "UpdateSubmission"
-        _check_version(n, self.protocol_version)
-        _check_str(n, "federation_id", self.federation_id)
-        _check_int(n, "round", self.round, minimum=1)
+        check_version(n, self.protocol_version)
+        check_str(n, "federation_id", self.federation_id)
+        check_int(n, "round", self.round, minimum=1)
         check_fingerprint(n, "participant_fingerprint", self.participant_fingerprint)
         for name in ("base_model_digest", "delta_digest", "metrics_digest"):
             check_digest(n, name, getattr(self, name))
         if self.num_examples is not None:
-            _check_int(n, "num_examples", self.num_examples, minimum=1)
-        _check_float(n, "claimed_epsilon", self.claimed_epsilon, lo=0.0)
-        _check_float(n, "delta", self.delta, lo=0.0, hi=1.0)
-        _check_signature(n, "signature", self.signature)
+            check_int(n, "num_examples", self.num_examples, minimum=1)
+        check_float(n, "claimed_epsilon", self.claimed_epsilon, lo=0.0)
+        check_float(n, "delta", self.delta, lo=0.0, hi=1.0)
+        check_signature(n, "signature", self.signature)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -335,10 +354,10 @@ class Refusal(Signed):
 
     def __post_init__(self) -> None:
         n = "Refusal"
-        _check_version(n, self.protocol_version)
-        _check_str(n, "federation_id", self.federation_id)
-        _check_int(n, "round", self.round, minimum=1)
+        check_version(n, self.protocol_version)
+        check_str(n, "federation_id", self.federation_id)
+        check_int(n, "round", self.round, minimum=1)
         check_fingerprint(n, "participant_fingerprint", self.participant_fingerprint)
         if self.reason not in REFUSAL_REASONS:
             raise _bad(n, "reason", self.reason, " | ".join(sorted(REFUSAL_REASONS)))
-        _check_signature(n, "signature", self.signature)
+        check_signature(n, "signature", self.signature)

@@ -18,21 +18,22 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from protocols import merkle
-from protocols.canonical import canonical_json, require_canonical, sha256_hex, strict_json_loads
+from protocols.canonical import require_canonical, sha256_hex, strict_json_loads
 from protocols.errors import MessageValidationError, ReceiptVerificationError, SignatureError
 from protocols.messages import (
     PROTOCOL_VERSION,
+    Signed,
     Wire,
-    _check_float,
-    _check_int,
-    _check_signature,
-    _check_str,
-    _check_version,
     check_digest,
     check_fingerprint,
+    check_float,
+    check_int,
     check_participant_id,
+    check_signature,
+    check_str,
+    check_version,
 )
-from protocols.signing import Ed25519PrivateKey, Ed25519PublicKey, fingerprint, sign, verify
+from protocols.signing import Ed25519PrivateKey, Ed25519PublicKey, fingerprint, verify
 
 __all__ = [
     "GENESIS_HASH",
@@ -81,13 +82,13 @@ class ReceiptLeaf(Wire):
             raise MessageValidationError("ReceiptLeaf.status is invalid", got=self.status,
                                          expected=" | ".join(STATUSES))
         if self.reason is not None:
-            _check_str(n, "reason", self.reason)
+            check_str(n, "reason", self.reason)
         if self.update_digest is not None:
             check_digest(n, "update_digest", self.update_digest)
-        _check_signature(n, "participant_signature", self.participant_signature, optional=True)
-        _check_float(n, "weight", self.weight, lo=0.0, hi=1.0)
+        check_signature(n, "participant_signature", self.participant_signature, optional=True)
+        check_float(n, "weight", self.weight, lo=0.0, hi=1.0)
         if self.claimed_epsilon is not None:
-            _check_float(n, "claimed_epsilon", self.claimed_epsilon, lo=0.0)
+            check_float(n, "claimed_epsilon", self.claimed_epsilon, lo=0.0)
         if self.status == "accepted" and (self.update_digest is None or self.reason is not None):
             raise MessageValidationError("an accepted leaf needs an update digest and no reason",
                                          got=self.to_dict())
@@ -101,8 +102,8 @@ class ReceiptLeaf(Wire):
 
 
 @dataclass(frozen=True, kw_only=True)
-class RoundReceipt(Wire):
-    """The coordinator's signed account of one round."""
+class RoundReceipt(Signed):
+    """The coordinator's signed account of one round (signed like every :class:`Signed`)."""
 
     KIND: ClassVar[str] = "round-receipt"
     protocol_version: str
@@ -116,13 +117,12 @@ class RoundReceipt(Wire):
     leaves: tuple[ReceiptLeaf, ...]
     merkle_root: str
     coordinator_fingerprint: str
-    signature: str = "0" * 128
 
     def __post_init__(self) -> None:
         n = "RoundReceipt"
-        _check_version(n, self.protocol_version)
-        _check_str(n, "federation_id", self.federation_id)
-        _check_int(n, "round", self.round, minimum=1)
+        check_version(n, self.protocol_version)
+        check_str(n, "federation_id", self.federation_id)
+        check_int(n, "round", self.round, minimum=1)
         _check_timestamp(n, "issued_at", self.issued_at)
         for name in ("previous_receipt_hash", "model_digest_before", "model_digest_after",
                      "config_digest", "merkle_root"):
@@ -130,7 +130,7 @@ class RoundReceipt(Wire):
         check_fingerprint(n, "coordinator_fingerprint", self.coordinator_fingerprint)
         # Lower-case only: the signature is the one field it does not sign, so a parser that
         # took "D" for "d" would give one signed receipt many byte forms and chain heads.
-        _check_signature(n, "signature", self.signature)
+        check_signature(n, "signature", self.signature)
         if not isinstance(self.leaves, tuple | list):
             raise MessageValidationError(f"{n}.leaves is invalid", got=self.leaves,
                                          expected="an array of receipt leaves")
@@ -141,12 +141,6 @@ class RoundReceipt(Wire):
         if ids != sorted(ids) or len(set(ids)) != len(ids):
             raise MessageValidationError("receipt leaves must be unique and sorted by fingerprint",
                                          got=ids)
-
-    def signing_payload(self) -> bytes:
-        """Canonical bytes of every field except ``signature``."""
-        d = self.to_dict()
-        del d["signature"]
-        return canonical_json(d)
 
 
 def _check_timestamp(cls: str, name: str, value: object) -> None:
@@ -173,9 +167,9 @@ class InclusionProof(Wire):
 
     def __post_init__(self) -> None:
         n = "InclusionProof"
-        _check_int(n, "round", self.round, minimum=1)
-        _check_int(n, "leaf_index", self.leaf_index, minimum=0)
-        _check_int(n, "tree_size", self.tree_size, minimum=1)
+        check_int(n, "round", self.round, minimum=1)
+        check_int(n, "leaf_index", self.leaf_index, minimum=0)
+        check_int(n, "tree_size", self.tree_size, minimum=1)
         if self.leaf_index >= self.tree_size:
             raise MessageValidationError(f"{n}.leaf_index is invalid", got=self.leaf_index,
                                          expected=f"an index below tree_size ({self.tree_size})")
@@ -209,9 +203,7 @@ def build_receipt(*, federation_id: str, round: int, issued_at: str, previous_re
 
 def sign_receipt(receipt: RoundReceipt, key: Ed25519PrivateKey) -> RoundReceipt:
     """The receipt with the coordinator's signature over its signing payload."""
-    d = receipt.to_dict()
-    d["signature"] = sign(key, receipt.signing_payload())
-    return RoundReceipt.from_dict(d)
+    return receipt.signed(key)
 
 
 def receipt_hash(receipt: RoundReceipt) -> str:

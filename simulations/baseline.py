@@ -29,10 +29,11 @@ import torch
 
 from chem.featurizers import featurize, get_spec
 from chem.metrics import endpoint_metrics
-from chem.models import EndpointSpec, ModelSpec, build_model, predict
+from chem.models import ModelSpec, build_model, predict
 from chem.splits import scaffold_split
 from chem.training import Split, fit
 from protocols.atomic_files import PUBLIC, write_text
+from protocols.endpoints import EndpointSpec
 from simulations.datasets import dataset, load_dataset
 
 __all__ = ["BaselineConfig", "BaselineResult", "parse_seeds", "protocol_split", "run_baseline",

@@ -31,10 +31,11 @@ import torch
 
 from chem.featurizers import featurize, get_spec
 from chem.metrics import endpoint_metrics, headline_metric, mean_predictor_metrics
-from chem.models import EndpointSpec, ModelSpec, build_model, predict, set_weights
+from chem.models import ModelSpec, build_model, predict, set_weights
 from chem.splits import scaffold_split
 from chem.tables import load_table
 from chem.training import Split, fit
+from protocols.endpoints import EndpointSpec
 
 __all__ = ["MIN_GAP", "ArmResult", "compare_partners", "gap_closed"]
 

@@ -33,7 +33,7 @@ from simulations.datasets import load_dataset
 from simulations.scenario import EndpointSource, Scenario
 
 if TYPE_CHECKING:
-    from chem.models import Task
+    from protocols.endpoints import Task
 
 __all__ = ["PartnerData", "build_partner_data", "source_reports"]
 

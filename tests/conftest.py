@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 SLOW_TESTS = frozenset({
-    "tests/participant/test_lazy_noise.py::test_owed_and_per_step_noise_train_models_of_the_same_distribution",
+    "tests/participant/dp/test_lazy_noise.py::test_owed_and_per_step_noise_train_models_of_the_same_distribution",
     "tests/participant/test_calibration.py::test_calibrated_sigma_never_overshoots_epsilon",
     "tests/participant/test_ledger.py::test_calibrated_noise_never_overshoots",
     "tests/fedadmet/cli/test_participant.py::test_finetune_then_predict_with_the_locally_registered_model",

@@ -21,8 +21,9 @@ from chem.mlflow_model import (
     load_predictor,
     save_predictor_files,
 )
-from chem.models import EndpointSpec, ModelSpec, build_model, get_weights, predict
+from chem.models import ModelSpec, build_model, get_weights, predict
 from chem.standardize import standardize_smiles
+from protocols.endpoints import EndpointSpec
 from protocols.errors import MissingColumnError, SpecMismatchError
 
 SMILES = ["CC(=O)Oc1ccccc1C(=O)O", "not a smiles", "[Na+].[O-]C(=O)c1ccccc1", "CCN(CC)CC"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from chem.metrics import endpoint_metrics, mean_predictor_metrics
-from chem.models import EndpointSpec, ModelSpec, build_model, predict
+from chem.models import ModelSpec, build_model, predict
 from chem.training import Split, fit
+from protocols.endpoints import EndpointSpec
 
 SPEC = ModelSpec(input_dim=5, hidden_dims=(16,), dropout=0.0,
                  endpoints=(EndpointSpec(name="y", task="regression"),))

@@ -27,12 +27,13 @@ import torch
 from flwr.app import ConfigRecord, Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from chem.models import EndpointSpec, ModelSpec, build_model, get_weights, masked_loss
+from chem.models import ModelSpec, build_model, get_weights, masked_loss
 from coordinator.admission import Member
 from coordinator.config import FederationConfig
 from coordinator.federation import Federation
 from protocols import flower_codec as codec
 from protocols.canonical import canonical_json, sha256_hex, tensors_digest
+from protocols.endpoints import EndpointSpec
 from protocols.messages import (
     PROTOCOL_VERSION,
     Refusal,
@@ -79,7 +80,7 @@ def initial() -> Weights:
 def _dp_delta(n_examples: int, seed: int) -> tuple[tuple[str, np.ndarray], ...]:
     """One site's real DP-SGD round from :func:`initial` (participant's own training code)."""
     from coordinator.update_bound import plan_noise
-    from participant.privacy_training import train_dp_round
+    from participant.dp.local_round import train_dp_round
 
     steps, sigma = plan_noise(batch_size=DP["batch-size"], local_epochs=DP["local-epochs"],
                               rounds=ROUNDS, target_epsilon=DP["target-epsilon"],

@@ -25,7 +25,7 @@ def _norm(delta: dict[str, np.ndarray]) -> float:
 def test_inflated_update_norm_is_rejected_by_the_plan_bound() -> None:
     d = sum(v.size for v in initial().values())
     bound = plan_update_norm_bound(**PLAN, num_params=d, max_examples=N_EXAMPLES)
-    for seed in range(3):  # real DP-SGD rounds (participant.privacy_training)
+    for seed in range(3):  # real DP-SGD rounds (participant.dp.local_round)
         honest = _norm(honest_delta(seed=seed))
         assert honest <= bound < 2 * honest
 

@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 
 from chem.featurizers import FeaturizationSpec, feature_dim, get_spec
-from chem.models import EndpointSpec, ModelSpec, build_model, get_weights
+from chem.models import ModelSpec, build_model, get_weights
 from participant.config import ParticipantConfig
 from participant.keys import MemberKeys, create_member_keys
 from protocols.canonical import sha256_hex, tensors_digest
+from protocols.endpoints import EndpointSpec
 from protocols.messages import PROTOCOL_VERSION, DPPlan, RoundInstruction, UpdateSubmission
 from protocols.receipts import GENESIS_HASH, ReceiptLeaf, RoundReceipt, build_receipt, receipt_hash
 from protocols.signing import Ed25519PrivateKey, public_key_pem

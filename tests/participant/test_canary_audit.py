@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chem.models import EndpointSpec, ModelSpec, build_model
+from chem.models import ModelSpec, build_model
 from participant.calibration import calibrate
 from participant.canary_audit import (
     CANARY_SHIFT,
@@ -14,6 +14,7 @@ from participant.canary_audit import (
     group_claim,
     run_canary_audit,
 )
+from protocols.endpoints import EndpointSpec
 
 D = 64
 SPEC = ModelSpec(input_dim=D, hidden_dims=(32,), dropout=0.0,

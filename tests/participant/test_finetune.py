@@ -17,18 +17,11 @@ import pytest
 from chem.featurizers import featurize
 from chem.metrics import endpoint_metrics
 from chem.mlflow_model import load_predictor, save_predictor_files
-from chem.models import (
-    EndpointSpec,
-    ModelSpec,
-    MultiTaskMLP,
-    build_model,
-    get_weights,
-    predict,
-    set_weights,
-)
+from chem.models import ModelSpec, MultiTaskMLP, build_model, get_weights, predict, set_weights
 from chem.standardize import standardize_many
 from chem.training import Split, fit
 from participant.finetune import FineTuneOptions, adapt, load_endpoint_splits, run_finetune
+from protocols.endpoints import EndpointSpec
 from protocols.errors import ConfigError, DataError
 from tests.participant.site_factory import SiteKit, make_site, sample_molecules
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chem.models import EndpointSpec, ModelSpec, MultiTaskMLP, build_model
+from chem.models import ModelSpec, MultiTaskMLP, build_model
 from chem.training import Split, fit
 from participant.membership_inference import (
     AttackData,
@@ -14,6 +14,7 @@ from participant.membership_inference import (
     run_attacks,
     train_shadows,
 )
+from protocols.endpoints import EndpointSpec
 
 D = 32
 SPEC = ModelSpec(input_dim=D, hidden_dims=(64,), dropout=0.0,

@@ -10,8 +10,9 @@ import pytest
 
 from chem.featurizers import feature_dim, get_spec
 from chem.mlflow_model import Predictor
-from chem.models import EndpointSpec, ModelSpec, build_model
+from chem.models import ModelSpec, build_model
 from participant.predict import predict_file, predict_frame
+from protocols.endpoints import EndpointSpec
 from protocols.errors import DataError, MissingColumnError
 
 GOOD = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CCN(CC)CC"]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from chem.models import EndpointSpec, ModelSpec, build_model
+from chem.models import ModelSpec, build_model
 from participant.membership_inference import AttackData, per_example_losses
 from participant.privacy_audit import AuditPlan, aligned, attack_targets
+from protocols.endpoints import EndpointSpec
 
 
 def _data(rng: np.random.Generator) -> AttackData:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-import participant.privacy_training as pt
+import participant.dp.local_round as pt
 from participant.heads import PrivateHeadStore
 from participant.ledger import PrivacyLedger
 from participant.outbox import Outbox

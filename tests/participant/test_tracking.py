@@ -11,8 +11,9 @@ from mlflow.tracking import MlflowClient
 
 from chem.featurizers import get_spec
 from chem.mlflow_model import load_predictor
-from chem.models import EndpointSpec, ModelSpec, build_model, get_weights
+from chem.models import ModelSpec, build_model, get_weights
 from participant.tracking import ParticipantTracker, check_local_uri
+from protocols.endpoints import EndpointSpec
 from protocols.errors import TrackingError
 
 SPEC = ModelSpec(input_dim=2048, hidden_dims=(8,), dropout=0.0,

@@ -12,9 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chem.featurizers import featurize, get_spec
-from chem.models import EndpointSpec, ModelSpec, build_model, get_weights
+from chem.models import ModelSpec, build_model, get_weights
 from chem.tables import load_table
 from chem.training import Split, fit
+from protocols.endpoints import EndpointSpec
 from simulations.comparisons import compare_partners, gap_closed
 
 FEATURIZER = "ecfp4-count-2048/v1"

@@ -8,8 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from chem.models import EndpointSpec, ModelSpec, build_model
-from chem.sparse_rows import SparseBatch, SparseRows, column_major, row_batches, sparse_input
+from chem.models import ModelSpec, build_model
+from participant.dp.sparse_rows import (
+    SparseBatch,
+    SparseRows,
+    column_major,
+    row_batches,
+    sparse_input,
+)
+from protocols.endpoints import EndpointSpec
 
 
 def _matrix(n: int, d: int, density: float, seed: int) -> torch.Tensor:

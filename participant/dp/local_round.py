@@ -1,8 +1,11 @@
 """One DP training round at a site: Poisson sampling, per-sample clipping, noise.
 
-A thin shell over ``participant.dp_sgd.dp_train`` (Abadi et al. 2016). The
-caller commits the round's spend to the ledger (noise_multiplier,
-sample_rate, steps returned here) BEFORE any update leaves the process.
+A thin shell over ``participant.dp.training.dp_train`` (Abadi et al. 2016): it
+chooses the trainable parameters, builds the optimizer over them and reads
+fingerprint-like features as CSR rows (``participant.dp.sparse_rows``). Its
+callers are ``participant.site`` and the privacy audits. The caller commits
+the round's spend to the ledger (noise_multiplier, sample_rate, steps returned
+here) BEFORE any update leaves the process.
 Only aggregates are returned, never per-example values.
 """
 
@@ -14,8 +17,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from chem.sparse_rows import row_batches
-from participant.dp_sgd import DPTrainingResult, dp_train
+from participant.dp.sparse_rows import row_batches
+from participant.dp.training import DPTrainingResult, dp_train
 from protocols.errors import ConfigError
 
 __all__ = ["train_dp_round"]
@@ -36,7 +39,7 @@ def train_dp_round(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor, tor
     ``data`` is (features, labels, label mask); fingerprint-like features are
     read as CSR rows. The optimizer is built here over the trainable
     parameters, at ``lr``. Batches and noise come from fresh OS entropy
-    (``participant.dp_random``); ``unsafe_seed`` is for tests only.
+    (``participant.dp.randomness``); ``unsafe_seed`` is for tests only.
     """
     x, y, mask = data
     n = int(x.shape[0])

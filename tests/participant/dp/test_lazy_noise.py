@@ -11,12 +11,13 @@ import torch
 from scipy import stats
 from torch import nn
 
-import participant.dp_sgd as dp_sgd
-from chem.models import EndpointSpec, ModelSpec, build_model, masked_loss
-from chem.sparse_rows import SparseBatch, SparseRows
-from participant.dp_random import DPRandom
-from participant.dp_sgd import DPTrainingResult, dp_train
-from participant.lazy_noise import LazyColumnNoise, plain_sgd_group
+import participant.dp.noisy_step as noisy_step
+from chem.models import ModelSpec, build_model, masked_loss
+from participant.dp.lazy_noise import LazyColumnNoise, plain_sgd_group
+from participant.dp.randomness import DPRandom
+from participant.dp.sparse_rows import SparseBatch, SparseRows
+from participant.dp.training import DPTrainingResult, dp_train
+from protocols.endpoints import EndpointSpec
 from protocols.errors import ConfigError
 
 
@@ -29,7 +30,7 @@ def made(monkeypatch: pytest.MonkeyPatch) -> list[LazyColumnNoise]:
         made.append(LazyColumnNoise(*args, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(dp_sgd, "LazyColumnNoise", record)
+    monkeypatch.setattr(noisy_step, "LazyColumnNoise", record)
     return made
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from participant.privacy_training import train_dp_round
+from participant.dp.local_round import train_dp_round
 
 
 def _setup() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

@@ -23,13 +23,15 @@ leaves ``dp_train`` with a step's noise missing.
 The next batch is known a step ahead, so a helper thread draws the noise its
 columns will owe, already scaled, beside the current step. Owing costs the
 training thread a pass over the columns read; it pays where it saves most
-draws (``dp_sgd.LAZY_MAX_READ_FRACTION``): 0.84-0.92x the DP epoch at batch
-32 on 2048-256, and 0.80-0.82x at 2048-512 and batch 64.
+draws (``participant.dp.noisy_step.LAZY_MAX_READ_FRACTION``): 0.84-0.92x the
+DP epoch at batch 32 on 2048-256, and 0.80-0.82x at 2048-512 and batch 64.
 
 Momentum, weight decay or adaptive optimizers (Adam) feed the noise through
 state that every step reads, so they keep the per-step draws
-(``participant.dp_sgd`` checks); so does ``secure_mode``, whose draws come
-from a CSPRNG stream (``participant.dp_random``), not a torch generator.
+(``participant.dp.noisy_step``, the user of this module, checks); so does
+``secure_mode``, whose draws come from a CSPRNG stream
+(``participant.dp.randomness``), not a torch generator. The helper's draws go
+through :class:`participant.dp.step_noise.StepNoise`.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from participant.dp_random import DPRandom
-from participant.gaussian_noise import StepNoise
+from participant.dp.randomness import DPRandom
+from participant.dp.step_noise import StepNoise
 
 __all__ = ["LazyColumnNoise", "plain_sgd_group"]
 

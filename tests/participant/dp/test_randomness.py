@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-import participant.dp_random as dp_random
-from participant.dp_random import DPRandom, is_integer_seeded, mt_state_words
-from participant.dp_sgd import dp_train
+import participant.dp.randomness as randomness
+from participant.dp.randomness import DPRandom, is_integer_seeded, mt_state_words
+from participant.dp.training import dp_train
 from participant.site import Site
 from tests.participant.site_factory import make_site
 
@@ -65,7 +65,7 @@ def _search(delta: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
 
 
 def test_seed_search_cannot_recover_noise(caplog: pytest.LogCaptureFixture) -> None:
-    logging.getLogger("participant.dp_random").setLevel(logging.ERROR)  # WINDOW warnings
+    logging.getLogger("participant.dp.randomness").setLevel(logging.ERROR)  # WINDOW warnings
     # The old construction: a 63-bit integer seed, of which the CPU generator keeps 32.
     # Its low bits are put inside the window so the test's small search can reach it.
     secret = (secrets.randbits(31) << 32) | secrets.randbelow(WINDOW)
@@ -98,14 +98,14 @@ def test_every_generator_state_is_fresh_os_entropy(monkeypatch: pytest.MonkeyPat
         drawn.append(real(n))
         return drawn[-1]
 
-    monkeypatch.setattr(dp_random.os, "urandom", urandom)
+    monkeypatch.setattr(randomness.os, "urandom", urandom)
     rng = DPRandom()
     gens = [rng.generator(), rng.spawn().generator()]
-    assert [len(d) for d in drawn] == [4 * dp_random.MT_STATE_WORDS + 8] * 2
+    assert [len(d) for d in drawn] == [4 * randomness.MT_STATE_WORDS + 8] * 2
     for g, raw in zip(gens, drawn, strict=True):
         words = mt_state_words(g)
         # The whole 19968-bit state is the entropy read, not a seed's expansion.
-        assert words.tobytes() == raw[:4 * dp_random.MT_STATE_WORDS]
+        assert words.tobytes() == raw[:4 * randomness.MT_STATE_WORDS]
         assert not is_integer_seeded(words)
     # The state is what the generator uses: a different state draws differently.
     assert not torch.equal(torch.randn(8, generator=gens[0]), torch.randn(8, generator=gens[1]))
@@ -113,7 +113,7 @@ def test_every_generator_state_is_fresh_os_entropy(monkeypatch: pytest.MonkeyPat
 
 def test_unsafe_seed_is_reproducible_and_logs_a_warning(caplog: pytest.LogCaptureFixture
                                                         ) -> None:
-    with caplog.at_level(logging.WARNING, logger="participant.dp_random"):
+    with caplog.at_level(logging.WARNING, logger="participant.dp.randomness"):
         a, b = DPRandom(unsafe_seed=3), DPRandom(unsafe_seed=3)
     assert sum("UNSAFE" in r.getMessage() for r in caplog.records) == 2
     assert a.seeded and not DPRandom().seeded
@@ -162,7 +162,7 @@ def test_two_rounds_with_a_fixed_global_model_share_no_enumerable_seed(
                                 model_before=kit.instruction(round=r).global_model_digest,
                                 model_after=kit.instruction(round=r).global_model_digest)]
     for rec in per_round:
-        assert rec.states, "the round drew nothing through participant.dp_random"
+        assert rec.states, "the round drew nothing through participant.dp.randomness"
         assert not any(rec.seeded), "a site round used the unsafe seeded path"
         for state in rec.states:
             assert not is_integer_seeded(np.frombuffer(state, np.uint32))

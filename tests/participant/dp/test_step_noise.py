@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from participant.dp_random import DPRandom
-from participant.gaussian_noise import StepNoise
+from participant.dp.randomness import DPRandom
+from participant.dp.step_noise import StepNoise
 
 
 def _draws(*, helper: bool, secure: bool = False, steps: int = 3, numel: int = 200_000,

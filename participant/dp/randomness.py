@@ -21,8 +21,10 @@ noiseless update. Here no generator is ever seeded from an integer:
   integer seed (full child states drawn from a seeded root), so it is exactly
   as searchable as the old construction; it logs a warning every time.
 
-Each consumer (sampler, each noise chunk, each owed-noise weight) gets its
-own generator or stream, so helper threads never share one.
+Each consumer (the sampler, ``participant.dp.sampling``; each noise chunk,
+``participant.dp.step_noise``; each owed-noise weight, ``participant.dp.lazy_noise``)
+gets its own generator or stream, so helper threads never share one. Nothing
+else draws DP randomness.
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ def mt_state_words(g: torch.Generator) -> np.ndarray:
     raw = g.get_state().numpy().tobytes()
     if len(raw) != _STATE_BYTES:
         raise RuntimeError(f"unexpected torch CPU generator state of {len(raw)} bytes, "
-                           f"expected {_STATE_BYTES}: check dp_random against this torch")
+                           f"expected {_STATE_BYTES}: check participant.dp.randomness "
+                           "against this torch")
     return np.frombuffer(raw[_WORDS_AT:_WORDS_AT + 8 * MT_STATE_WORDS], np.uint64).astype(
         np.uint32)
 

@@ -13,6 +13,10 @@ to float summation order.
 restored on exit), so the model class and its state dict stay unchanged.
 ``column_major(params)`` stores weights so that ``W^T`` is contiguous, the
 layout the CSR kernels read and write fastest.
+
+Only DP training reads it (``participant.dp.local_round`` picks CSR rows,
+``participant.dp.clipping`` and ``participant.dp.noisy_step`` run on them), so it
+lives with that code; the model class itself (``chem.models``) never sees CSR.
 """
 
 from __future__ import annotations

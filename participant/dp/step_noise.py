@@ -13,7 +13,7 @@ returns it complete before that step's update, and the following
 until its update is done.
 
 The buffer is split into fixed chunks, chunk k always drawn from generator k
-(each with a full state of fresh OS entropy from ``participant.dp_random``,
+(each with a full state of fresh OS entropy from ``participant.dp.randomness``,
 or derived from an ``unsafe_seed`` in tests), so the noise sequence is a
 function of those states alone, whichever thread draws which chunk. Two buffers alternate so
 step t+1's draw can start as soon as step t's noise is taken, while step t's
@@ -26,6 +26,10 @@ One ``normal_`` call per chunk keeps the helper's hold on the GIL short.
 Faster samplers built from many small numpy calls (AES-CTR bits plus
 Box-Muller: 0.9 vs 1.75 ms per step alone) slowed the training thread's
 small ops 4-9x through GIL hand-offs and lost overall.
+
+Used by ``participant.dp.noisy_step`` (each step's noise for every parameter not
+owed per column) and by ``participant.dp.lazy_noise`` (its helper's draws); its
+generators and streams come from ``participant.dp.randomness``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import threading
 
 import torch
 
-from participant.dp_random import DPRandom
+from participant.dp.randomness import DPRandom
 
 __all__ = ["StepNoise"]
 

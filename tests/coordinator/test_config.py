@@ -1,0 +1,31 @@
+import pytest
+
+from coordinator.config import FederationConfig
+from protocols.endpoints import EndpointSpec
+from protocols.errors import ConfigError
+
+RAW = {"federation": {"id": "fed"}, "model": {"endpoints": [
+    {"name": "logd", "task": "regression", "unit": "log10", "target-offset": 2.0,
+     "target-scale": 1.5},
+    {"name": "herg", "task": "classification"}]}}
+
+
+def test_federation_endpoints_are_the_contract_endpoint_spec() -> None:
+    cfg = FederationConfig.from_mapping(RAW)
+    assert cfg.model.endpoints == (
+        EndpointSpec(name="logd", task="regression", unit="log10", target_offset=2.0,
+                     target_scale=1.5),
+        EndpointSpec(name="herg", task="classification"))
+
+
+def test_config_digest_is_a_known_answer() -> None:
+    # Computed when endpoints were still a coordinator-only EndpointConfig: the attested
+    # config digest must not change with the type's home.
+    assert FederationConfig.from_mapping(RAW).digest() == (
+        "bd633a48975688df8e2f721330cf5aa57e13c1c6adf57c370a4d3049063a4da9")
+
+
+def test_an_endpoint_name_that_is_no_identifier_is_refused_at_load() -> None:
+    bad = {**RAW, "model": {"endpoints": [{"name": "log d", "task": "regression"}]}}
+    with pytest.raises(ConfigError, match=r"endpoint\.name"):
+        FederationConfig.from_mapping(bad)
