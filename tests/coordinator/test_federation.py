@@ -15,9 +15,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from coordinator.config import PrivacyPlanConfig
 from coordinator.federation import Federation, Weights
 from protocols import flower_codec as codec
-from protocols.errors import RoundFailedError
+from protocols.errors import ConfigError, RoundFailedError
 from protocols.messages import RoundInstruction
 from protocols.receipts import RoundReceipt, parse_receipt
 from protocols.signing import fingerprint
@@ -189,6 +190,26 @@ def test_inflated_update_norm_is_rejected(tmp_path: Path) -> None:
     leaves = _leaves(fed)
     assert leaves[fingerprint(A)][0] == leaves[fingerprint(B)][0] == "accepted"
     assert leaves[fingerprint(C)][:2] == ("rejected", "norm-exceeded")
+
+
+def test_twice_inflated_update_is_rejected_under_the_default_plan(tmp_path: Path) -> None:
+    # the coordinator's own default plan (no [privacy] keys): the sites train with it
+    fed = federation(tmp_path, {1: Site(key=A), 2: Site(key=B, seed=1),
+                                3: Site(key=C, seed=2, scale=2.0)}, plan={})
+    assert fed.cfg.privacy == PrivacyPlanConfig()
+    fed.run_round(1)
+    leaves = _leaves(fed)
+    assert leaves[fingerprint(A)][0] == leaves[fingerprint(B)][0] == "accepted"
+    assert leaves[fingerprint(C)][:2] == ("rejected", "norm-exceeded")
+
+
+def test_adam_plan_without_an_operator_bound_refuses_to_start(tmp_path: Path) -> None:
+    # Adam's plan-derived bound admitted an update 812x an honest one: no bound, no start
+    with pytest.raises(ConfigError, match="max-update-norm"):
+        federation(tmp_path, {1: Site(key=A), 2: Site(key=B)}, privacy={"optimizer": "adam"})
+    fed = federation(tmp_path, {1: Site(key=A), 2: Site(key=B)}, privacy={"optimizer": "adam"},
+                     admission={"max-update-norm": 3.0})
+    assert fed.cfg.admission.max_update_norm == 3.0
 
 
 def test_claimed_epsilon_of_1e300_is_rejected(tmp_path: Path) -> None:
