@@ -49,7 +49,7 @@ from coordinator.admission import (
     authenticate,
     check_evaluate_metrics,
 )
-from coordinator.aggregation import StreamingMean, member_weights
+from coordinator.aggregation import StreamingMean, count_weight, member_weights
 from coordinator.central_dp import CentralDP
 from coordinator.config import FederationConfig
 from coordinator.participants import sample_participants, wait_for_participants
@@ -520,8 +520,11 @@ class Federation:
         """The learning curve, and why replies were dropped from it.
 
         Sites send a DP-noised, bounded mean ``<endpoint>.<metric>`` and a noised count
-        ``<endpoint>.n`` (participant/private_evaluation.py); the count-weighted mean of
-        means is the noisy pooled sum over the noisy pooled count. Evaluate metrics are
+        ``<endpoint>.n`` (participant/private_evaluation.py). The curve is the mean of
+        means weighted as the federation weights updates (:func:`count_weight`): under
+        ``uniform`` each reply with a positive count weighs 1, under ``capped`` its count
+        clipped at the member's enrolled cap, so no reply steers it by claiming a large
+        ``n``. Evaluate metrics are
         unsigned and never touch the model: one that is undeclared, non-finite, out of
         range or inconsistent is dropped with its reason (keyed like a leaf: the node's
         bound member, else ``node:<id>``).
@@ -564,10 +567,14 @@ class Federation:
                 dropped[pid] = bad.reason
                 continue
             replies += 1
+            member = self.members.get(pid)
+            cap = (member.max_examples if member is not None else None) or \
+                self.cfg.admission.max_num_examples
             for key, value in metrics.items():
                 if key.endswith(".n"):
                     continue
-                n = max(0.0, metrics.get(f"{key.rsplit('.', 1)[0]}.n", 0.0))
+                n = count_weight(weighting=self.cfg.weighting, cap=cap,
+                                 count=metrics.get(f"{key.rsplit('.', 1)[0]}.n", 0.0))
                 sums[key] = sums.get(key, 0.0) + value * n
                 weights[key] = weights.get(key, 0.0) + n
         return {k: sums[k] / weights[k] for k in sums if weights[k] > 0}, dropped

@@ -259,6 +259,22 @@ def test_nan_eval_metrics_are_dropped_with_a_reason(tmp_path: Path, metrics: dic
     assert json.loads(line)["evaluate_reasons"] == {fingerprint(C): reason}
 
 
+@pytest.mark.parametrize(("weighting", "attacker_weight"), [("uniform", 1.0), ("capped", 128.0)])
+def test_inflated_evaluate_count_cannot_steer_the_learning_curve(
+        tmp_path: Path, weighting: str, attacker_weight: float) -> None:
+    # C claims 2**40 held-out molecules with a terrible MAE: it counts as one reply under
+    # uniform weighting and at most its enrolled cap (128) under capped
+    fed = federation(tmp_path, {1: Site(key=A), 2: Site(key=B, seed=1),
+                                3: Site(key=C, seed=2,
+                                        eval_metrics={"logd.mae": 100.0, "logd.n": 2.0**40})},
+                     weighting=weighting)
+    summary = fed.run_round(1)
+    honest = 1.0 if weighting == "uniform" else 20.0  # the honest sites' n is 20
+    want = (2 * honest * 0.4 + attacker_weight * 100.0) / (2 * honest + attacker_weight)
+    assert summary.evaluate["logd.mae"] == pytest.approx(want)
+    assert summary.evaluate["logd.mae"] < 100.0 * 0.9
+
+
 def test_silent_member_holds_the_round_for_the_timeout_without_min_replies(
         tmp_path: Path) -> None:
     fed = federation(tmp_path, {1: Site(key=A), 2: Site(key=B, seed=1), 3: silent},
