@@ -6,10 +6,11 @@ Each round:
 2. send the shared parameters, the specs, the DP plan, and every signed receipt
    the participant has not yet seen with its own inclusion proofs;
 3. pull replies one at a time until the round timeout (missing ones are
-   recorded as dropped); each is decoded, admitted (signature first) and, if
-   accepted, added into the accumulator and dropped before the next is pulled,
-   so the ServerApp holds one reply and one model-sized sum: O(parameters),
-   not O(participants x parameters) as with ``send_and_receive``;
+   recorded as dropped, or late when ``min-replies`` closed the round first);
+   each is decoded, admitted (signature first) and, if accepted, added into the
+   accumulator and dropped before the next is pulled, so the ServerApp holds one
+   reply and one model-sized sum: O(parameters), not O(participants x
+   parameters) as with ``send_and_receive``;
 5. aggregate (with optional central DP: clip, fixed denominator, noise) and
    apply the server optimizer;
 6. build and sign the round receipt;
@@ -123,6 +124,8 @@ class RoundSummary:
     central_epsilon: float | None = None
     # evaluate replies left out of ``evaluate``, and why (participant id -> reason code)
     evaluate_reasons: dict[str, str] = field(default_factory=dict)
+    # sampled members the round closed on (min-replies) before their reply arrived
+    late: int = 0
 
 
 class Federation:
@@ -384,8 +387,8 @@ class Federation:
                                           enough=enough):
             node_pid = f"node:{node}"
             pid = self.node_ids.get(str(node), node_pid)
-            if isinstance(reply, str):
-                record(pid, "dropped", reply)
+            if isinstance(reply, str):  # a site counts late and dropped leaves apart
+                record(pid, "late" if reply == "round-closed" else "dropped", reply)
                 continue
             if reply.has_error():  # Flower's error text is the site's: log it, record a code
                 log.warning("round %d: %s replied with an error: %.200s", round, pid[:19],
@@ -478,7 +481,8 @@ class Federation:
         statuses = [x.status for x in leaves.values()]
         summary = RoundSummary(
             round=round, accepted=len(accepted), rejected=statuses.count("rejected"),
-            dropped=statuses.count("dropped"), refused=statuses.count("refused"),
+            dropped=statuses.count("dropped"), late=statuses.count("late"),
+            refused=statuses.count("refused"),
             reasons=reasons, model_digest=new_digest, receipt_hash=rhash,
             # no training loss: it is a site's un-noised private statistic and stays there
             train={},

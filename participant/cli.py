@@ -66,8 +66,10 @@ receipt-key = "keys/receipt_key.pem"
 coordinator-key = "keys/coordinator_receipt.pub.pem"
 # MLflow store for fine-tuning (local only); default: sqlite in the state dir.
 # tracking-uri = "sqlite:////opt/fl/state/mlflow.db"
-# Halt after this many rounds whose spent update the coordinator's receipt marks dropped.
+# Halt after this many rounds whose spent update the coordinator's receipt marks dropped,
+# or marks late (the round closed on min-replies before the update arrived).
 max-dropped-rounds = 2
+max-late-rounds = 3
 
 [coordinator]
 address = {_toml_str(coordinator)}
@@ -186,11 +188,14 @@ def budget(config: Path = typer.Option(Path("participant.toml"), "--config", hel
     store = ReceiptStore(cfg.state_dir)
     head = store.head()
     dropped = _dropped_rounds(cfg, ledger)
+    late = _dropped_rounds(cfg, ledger, status="late")
     if as_json:
         typer.echo(json.dumps({"summary": ledger.summary(), "rounds": ledger.rounds(),
                                "receipt_head": None if head is None else asdict(head),
                                "dropped_after_submit": dropped,
-                               "max_dropped_rounds": cfg.max_dropped_rounds},
+                               "max_dropped_rounds": cfg.max_dropped_rounds,
+                               "late_after_submit": late,
+                               "max_late_rounds": cfg.max_late_rounds},
                               indent=2, default=str))
         return
     table = Table(title=f"privacy ledger of {cfg.name} (δ = {cfg.delta:g}, {accountant})")
@@ -207,6 +212,9 @@ def budget(config: Path = typer.Option(Path("participant.toml"), "--config", hel
     style = "bold red" if dropped else ""
     console.print(f"updates spent but marked dropped by the coordinator: {len(dropped)} "
                   f"(rounds {dropped}; this site halts at {cfg.max_dropped_rounds})", style=style)
+    console.print(f"updates spent but marked late (round closed before they arrived): "
+                  f"{len(late)} (rounds {late}; this site halts at {cfg.max_late_rounds})",
+                  style="bold yellow" if late else "")
     if head is None:
         console.print("receipt chain head: none verified yet")
     else:
@@ -218,15 +226,17 @@ def budget(config: Path = typer.Option(Path("participant.toml"), "--config", hel
                       markup=False)
 
 
-def _dropped_rounds(cfg: ParticipantConfig, ledger: PrivacyLedger) -> list[int]:
-    """Rounds whose verified receipt drops an update this site spent ε on."""
+def _dropped_rounds(cfg: ParticipantConfig, ledger: PrivacyLedger, *,
+                   status: str = "dropped") -> list[int]:
+    """Rounds whose verified receipt marks ``status`` an update this site spent ε on."""
     from participant.receipt_store import ReceiptStore
     from protocols.signing import fingerprint, load_private_key
 
     if cfg.receipt_key is None or not cfg.receipt_key.exists():
         return []
     own = fingerprint(load_private_key(cfg.receipt_key.read_bytes()))
-    return ReceiptStore(cfg.state_dir).dropped_after_submit(own, ledger.spent_rounds())
+    return ReceiptStore(cfg.state_dir).dropped_after_submit(own, ledger.spent_rounds(),
+                                                            status=status)
 
 
 def _require_file(path: Path, flag: str, encoding: str | None) -> None:

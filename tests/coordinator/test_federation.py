@@ -293,7 +293,20 @@ def test_silent_member_does_not_hold_the_round_once_min_replies_arrived(
     summary = fed.run_round(1)
     assert time.monotonic() - t0 < 30.0  # far below the 2 x 60 s a silent member would cost
     assert summary.accepted == 2
-    assert _leaves(fed)["node:3"][:2] == ("dropped", "round-closed")
+    assert _leaves(fed)["node:3"][:2] == ("late", "round-closed")
+
+
+def test_slow_member_closed_out_by_min_replies_is_late_not_dropped(tmp_path: Path) -> None:
+    # C (bound to node 1 in round 1) answers too slowly in round 2: its leaf must not be
+    # the "dropped" its site halts on, but "late", counted on its own limit
+    fed = federation(tmp_path, {1: Site(key=C, seed=2), 2: Site(key=A), 3: Site(key=B, seed=1)},
+                     **{"min-replies": 2})
+    fed.run_round(1)  # C and A are admitted first; the round closes on B
+    assert _leaves(fed, 1)["node:3"][:2] == ("late", "round-closed")
+    fed.grid.scripts[1] = silent  # type: ignore[attr-defined]
+    summary = fed.run_round(2)
+    assert _leaves(fed, 2)[fingerprint(C)] == ("late", "round-closed", 0.0)
+    assert (summary.late, summary.dropped) == (1, 0)
 
 
 def test_rounds_chain_and_bindings_survive_a_resume(tmp_path: Path) -> None:
