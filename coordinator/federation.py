@@ -557,6 +557,9 @@ class Federation:
                 continue
             try:
                 metrics, refusal = codec.decode_evaluate_reply(reply.content)
+            except ReplyBoundsError as exc:
+                dropped[pid] = exc.reason
+                continue
             except Exception as exc:  # a peer's bytes never end a round
                 log.warning("round %d: malformed evaluate reply from %s: %s", round, pid[:19],
                             type(exc).__name__)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -388,3 +388,35 @@ def test_deeply_nested_json_reply_does_not_crash_train_or_evaluate(tmp_path: Pat
     assert _leaves(fed)["node:3"][:2] == ("rejected", "malformed")
     assert summary.evaluate_reasons.get("node:3") == "malformed"
     assert len(fed.log.rounds()) == 1  # the round's line was written: nothing left pending
+
+
+def _padded(site: Site, *, mib: int) -> Script:
+    """An honest train reply plus ``mib`` MiB in an extra record; its evaluate reply
+    padded the same way."""
+    def script(msg: Message, ins: RoundInstruction, weights: Weights) -> list[Message]:
+        pad = ArrayRecord({"pad": Array(np.zeros(mib << 18, np.float32))})
+        if msg.metadata.message_type == "evaluate":
+            content = codec.encode_evaluate_reply({"logd.mae": 0.4, "logd.n": 20.0})
+        else:
+            content = codec.encode_train_reply(*site.submission(ins, weights))
+        content["fedadmet.padding"] = pad
+        return [Message(content, reply_to=msg)]
+    return script
+
+
+def test_reply_over_the_byte_budget_is_rejected_before_decoding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the reply Flower reassembled is 8 MiB over a 0.5 MiB model: refused by its size,
+    # with no payload of it converted, in train and in evaluate
+    fed = federation(tmp_path, {1: Site(key=A), 2: Site(key=B, seed=1),
+                                3: _padded(Site(key=C, seed=2), mib=8)})
+    budget = codec.reply_byte_budget({k: v.shape for k, v in fed.weights.items()})
+    assert budget < 1 << 20
+    converted: list[int] = []
+    numpy = Array.numpy
+    monkeypatch.setattr(Array, "numpy", lambda self: converted.append(len(self.data))
+                        or numpy(self))
+    summary = fed.run_round(1)
+    assert _leaves(fed)["node:3"][:2] == ("rejected", "oversized")
+    assert summary.evaluate_reasons.get("node:3") == "oversized"
+    assert summary.accepted == 2 and max(converted) < 1 << 20  # never the 8 MiB pad
