@@ -32,7 +32,7 @@ import numpy as np
 
 from protocols.errors import AdmissionError, ConfigError
 
-__all__ = ["UNIT_ROUNDOFF", "StreamingMean", "aggregate", "error_bound", "group_of",
+__all__ = ["UNIT_ROUNDOFF", "StreamingMean", "aggregate", "count_weight", "error_bound", "group_of",
            "member_weights"]
 
 UNIT_ROUNDOFF = 2.0**-24  # float32
@@ -56,13 +56,24 @@ def member_weights(*, weighting: str, count: int | None, head_counts: Mapping[st
     ``cap``, the member's example cap fixed at enrolment, so a member's weight is at most
     ``cap`` whatever it claims.
     """
+    heads = {f"heads.{e}": count_weight(weighting=weighting, count=n, cap=cap)
+             for e, n in head_counts.items()}
     if weighting == "uniform":
-        return 1.0, {f"heads.{e}": 1.0 if n > 0 else 0.0 for e, n in head_counts.items()}
+        return 1.0, heads
     if weighting != "capped" or count is None:
         raise AdmissionError("bad-count", "capped weighting needs a count", got=count,
                              expected="a power-of-two count")
-    return (float(min(count, cap)),
-            {f"heads.{e}": float(min(n, cap)) for e, n in head_counts.items()})
+    return float(min(count, cap)), heads
+
+
+def count_weight(*, weighting: str, count: float, cap: int) -> float:
+    """The weight of a per-endpoint count a member reports (a head's label count, or an
+    evaluate reply's noisy held-out count): ``uniform``, 1 if it is positive, else 0;
+    ``capped``, the count clipped into ``[0, cap]``. Either way a member cannot weigh more
+    than its enrolled cap allows by claiming more."""
+    if weighting == "uniform":
+        return 1.0 if count > 0 else 0.0
+    return float(min(max(count, 0.0), cap))
 
 
 def error_bound(k: int) -> float:

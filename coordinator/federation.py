@@ -6,10 +6,11 @@ Each round:
 2. send the shared parameters, the specs, the DP plan, and every signed receipt
    the participant has not yet seen with its own inclusion proofs;
 3. pull replies one at a time until the round timeout (missing ones are
-   recorded as dropped); each is decoded, admitted (signature first) and, if
-   accepted, added into the accumulator and dropped before the next is pulled,
-   so the ServerApp holds one reply and one model-sized sum: O(parameters),
-   not O(participants x parameters) as with ``send_and_receive``;
+   recorded as dropped, or late when ``min-replies`` closed the round first);
+   each is decoded, admitted (signature first) and, if accepted, added into the
+   accumulator and dropped before the next is pulled, so the ServerApp holds one
+   reply and one model-sized sum: O(parameters), not O(participants x
+   parameters) as with ``send_and_receive``;
 5. aggregate (with optional central DP: clip, fixed denominator, noise) and
    apply the server optimizer;
 6. build and sign the round receipt;
@@ -49,7 +50,7 @@ from coordinator.admission import (
     authenticate,
     check_evaluate_metrics,
 )
-from coordinator.aggregation import StreamingMean, member_weights
+from coordinator.aggregation import StreamingMean, count_weight, member_weights
 from coordinator.central_dp import CentralDP
 from coordinator.config import FederationConfig
 from coordinator.participants import sample_participants, wait_for_participants
@@ -124,6 +125,8 @@ class RoundSummary:
     central_epsilon: float | None = None
     # evaluate replies left out of ``evaluate``, and why (participant id -> reason code)
     evaluate_reasons: dict[str, str] = field(default_factory=dict)
+    # sampled members the round closed on (min-replies) before their reply arrived
+    late: int = 0
 
 
 class Federation:
@@ -385,8 +388,8 @@ class Federation:
                                           enough=enough):
             node_pid = f"node:{node}"
             pid = self.node_ids.get(str(node), node_pid)
-            if isinstance(reply, str):
-                record(pid, "dropped", reply)
+            if isinstance(reply, str):  # a site counts late and dropped leaves apart
+                record(pid, "late" if reply == "round-closed" else "dropped", reply)
                 continue
             if reply.has_error():  # Flower's error text is the site's: log it, record a code
                 log.warning("round %d: %s replied with an error: %.200s", round, pid[:19],
@@ -479,7 +482,8 @@ class Federation:
         statuses = [x.status for x in leaves.values()]
         summary = RoundSummary(
             round=round, accepted=len(accepted), rejected=statuses.count("rejected"),
-            dropped=statuses.count("dropped"), refused=statuses.count("refused"),
+            dropped=statuses.count("dropped"), late=statuses.count("late"),
+            refused=statuses.count("refused"),
             reasons=reasons, model_digest=new_digest, receipt_hash=rhash,
             # no training loss: it is a site's un-noised private statistic and stays there
             train={},
@@ -521,8 +525,11 @@ class Federation:
         """The learning curve, and why replies were dropped from it.
 
         Sites send a DP-noised, bounded mean ``<endpoint>.<metric>`` and a noised count
-        ``<endpoint>.n`` (participant/private_evaluation.py); the count-weighted mean of
-        means is the noisy pooled sum over the noisy pooled count. Evaluate metrics are
+        ``<endpoint>.n`` (participant/private_evaluation.py). The curve is the mean of
+        means weighted as the federation weights updates (:func:`count_weight`): under
+        ``uniform`` each reply with a positive count weighs 1, under ``capped`` its count
+        clipped at the member's enrolled cap, so no reply steers it by claiming a large
+        ``n``. Evaluate metrics are
         unsigned and never touch the model: one that is undeclared, non-finite, out of
         range or inconsistent is dropped with its reason (keyed like a leaf: the node's
         bound member, else ``node:<id>``).
@@ -551,6 +558,9 @@ class Federation:
                 continue
             try:
                 metrics, refusal = codec.decode_evaluate_reply(reply.content)
+            except ReplyBoundsError as exc:
+                dropped[pid] = exc.reason
+                continue
             except Exception as exc:  # a peer's bytes never end a round
                 log.warning("round %d: malformed evaluate reply from %s: %s", round, pid[:19],
                             type(exc).__name__)
@@ -565,10 +575,14 @@ class Federation:
                 dropped[pid] = bad.reason
                 continue
             replies += 1
+            member = self.members.get(pid)
+            cap = (member.max_examples if member is not None else None) or \
+                self.cfg.admission.max_num_examples
             for key, value in metrics.items():
                 if key.endswith(".n"):
                     continue
-                n = max(0.0, metrics.get(f"{key.rsplit('.', 1)[0]}.n", 0.0))
+                n = count_weight(weighting=self.cfg.weighting, cap=cap,
+                                 count=metrics.get(f"{key.rsplit('.', 1)[0]}.n", 0.0))
                 sums[key] = sums.get(key, 0.0) + value * n
                 weights[key] = weights.get(key, 0.0) + n
         return {k: sums[k] / weights[k] for k in sums if weights[k] > 0}, dropped

@@ -282,6 +282,7 @@ def round_metrics(summary: RoundSummary, *, central_epsilon: float | None = None
     out.update({"participants.accepted": summary.accepted,
                 "participants.rejected": summary.rejected,
                 "participants.dropped": summary.dropped,
+                "participants.late": summary.late,
                 "participants.refused": summary.refused,
                 "round.seconds": summary.seconds,
                 "epsilon.max": summary.max_claimed_epsilon})

@@ -23,10 +23,13 @@ is what makes the bound tight enough that an honest update passes and the same u
 scaled by 2 does not, whenever the noise dominates (as it does under DP for any
 model of useful size). The result is multiplied by ``MARGIN`` (1.25).
 
-With Adam each coordinate moves at most ``lr * max(1, (1 - β1) / sqrt(1 - β2))`` per
-step (Kingma and Ba 2015, "Adam", §2.1), so ``||Δ|| <= lr T sqrt(d) κ``: a valid but
-loose bound (noise-dominated Adam steps are nearly independent, so an honest update is
-about sqrt(T) of it). Use SGD, or set ``admission.max-update-norm``, for a tight check.
+Adam has no such bound: it divides each coordinate by its own running gradient scale,
+so a step moves every coordinate by up to ``lr * max(1, (1 - β1) / sqrt(1 - β2))``
+whatever C and σ are (Kingma and Ba 2015, "Adam", §2.1), and the only plan-derived bound,
+``lr T sqrt(d) κ``, admitted an update 812x an honest one. So SGD is the plan's default
+and Adam is refused unless the operator sets ``admission.max-update-norm``
+(:class:`coordinator.config.FederationConfig`); :func:`honest_update_norm_bound` raises
+for it rather than return a bound that bounds nothing.
 
 T and σ depend on the site's example count n (``T = E max(1, floor(n / B))``, σ
 calibrated for ε over ``T * rounds`` steps at ``q = B / n``, as
@@ -45,11 +48,12 @@ from functools import lru_cache
 
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
+from protocols.errors import ConfigError
+
 __all__ = ["MARGIN", "honest_update_norm_bound", "plan_noise", "plan_update_norm_bound"]
 
 MARGIN = 1.25
 FAILURE_PROBABILITY = 1e-9
-ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which the sites use
 # Integer RDP orders only: a subset of the orders the sites' accountant uses, so for a
 # given σ the ε found here is no smaller and the σ found for the target no smaller than a
 # site's (up to the sites' calibration tolerance, which SIGMA_SLACK covers); and it is
@@ -64,10 +68,10 @@ def honest_update_norm_bound(*, max_grad_norm: float, learning_rate: float, step
                              failure_probability: float = FAILURE_PROBABILITY) -> float:
     """Bound on one honest round's update norm (see the module docstring)."""
     lr, c, t, b, d = learning_rate, max_grad_norm, steps, batch_size, num_params
-    if optimizer == "adam":
-        beta1, beta2 = ADAM_BETAS
-        kappa = max(1.0, (1 - beta1) / math.sqrt(1 - beta2))
-        return margin * lr * t * kappa * math.sqrt(d)
+    if optimizer != "sgd":
+        raise ConfigError("privacy.optimizer", "the DP plan bounds the update norm for SGD only",
+                          got=optimizer, expected="sgd",
+                          fix='use optimizer = "sgd", or set [admission] max-update-norm')
     examples = t * b + 6.0 * math.sqrt(t * b)
     noise = noise_multiplier * c * math.sqrt(t) * (
         math.sqrt(d) + math.sqrt(2.0 * math.log(1.0 / failure_probability)))

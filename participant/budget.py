@@ -1,4 +1,4 @@
-"""What ``fedadmet participant budget`` shows: the ledger, the receipt head, dropped rounds.
+"""What ``fedadmet participant budget`` shows: ledger, receipt head, dropped and late rounds.
 
 Read-only: the ledger is opened with the accountant it was written with, and nothing
 is verified or written here beyond what :class:`ReceiptStore` already checked.
@@ -27,6 +27,7 @@ class SiteBudget:
     head: ChainHead | None
     receipts_dir: Path
     dropped: list[int]
+    late: list[int]
 
 
 def read_budget(cfg: ParticipantConfig) -> SiteBudget:
@@ -38,14 +39,18 @@ def read_budget(cfg: ParticipantConfig) -> SiteBudget:
                                 accountant=accountant)
     store = ReceiptStore(cfg.state_dir)
     return SiteBudget(ledger=ledger, accountant=accountant, head=store.head(),
-                      receipts_dir=store.dir, dropped=dropped_rounds(cfg, ledger))
+                      receipts_dir=store.dir, dropped=dropped_rounds(cfg, ledger),
+                      late=dropped_rounds(cfg, ledger, status="late"))
 
 
-def dropped_rounds(cfg: ParticipantConfig, ledger: PrivacyLedger) -> list[int]:
-    """Rounds whose verified receipt drops an update this site spent ε on."""
+def dropped_rounds(cfg: ParticipantConfig, ledger: PrivacyLedger, *,
+                   status: str = "dropped") -> list[int]:
+    """Rounds whose verified receipt marks ``status`` (dropped or late) an update this site
+    spent ε on."""
     from protocols.signing import fingerprint, load_private_key
 
     if cfg.receipt_key is None or not cfg.receipt_key.exists():
         return []
     own = fingerprint(load_private_key(cfg.receipt_key.read_bytes()))
-    return ReceiptStore(cfg.state_dir).dropped_after_submit(own, ledger.spent_rounds())
+    return ReceiptStore(cfg.state_dir).dropped_after_submit(own, ledger.spent_rounds(),
+                                                            status=status)

@@ -129,6 +129,9 @@ class ParticipantConfig:
     # Rounds in which this site spent ε on an update that the coordinator's receipt then
     # marks dropped; at this many the site halts (docs/threat-model.md).
     max_dropped_rounds: int = 2
+    # ... and rounds whose receipt marks it late (the round closed on min-replies before it
+    # arrived), counted apart so a slow member is not halted as lost, limited all the same
+    max_late_rounds: int = 3
 
     @classmethod
     def load(cls, path: str | Path) -> ParticipantConfig:
@@ -184,6 +187,7 @@ class ParticipantConfig:
             coordinator=coordinator,
             evaluation=_evaluation(root.table("evaluation")),
             max_dropped_rounds=part.integer("max-dropped-rounds", 2, min=1),
+            max_late_rounds=part.integer("max-late-rounds", 3, min=1),
         )
         part.finish()
         root.finish()

@@ -22,8 +22,9 @@ a coordinator that cannot account for our updates gets no more of them.
 
 Silence is not consent either: the site trains or evaluates again only once
 it holds a receipt for every earlier round it spent ε in (:meth:`missing`),
-and it counts the rounds whose receipt marks its spent update ``dropped``
-(:meth:`dropped_after_submit`); the site halts at a configured number.
+and it counts the rounds whose receipt marks its spent update ``dropped``, and
+separately ``late`` (:meth:`dropped_after_submit`); the site halts at a configured
+number of either.
 """
 
 from __future__ import annotations
@@ -154,16 +155,17 @@ class ReceiptStore:
                 out.append(r)
         return out
 
-    def dropped_after_submit(self, own_fingerprint: str,
-                             spent: Collection[tuple[str, int]]) -> list[int]:
-        """Rounds whose verified receipt marks our leaf ``dropped`` (no digest) although
-        this site spent ε on an update for it (``spent``: (federation, round))."""
+    def dropped_after_submit(self, own_fingerprint: str, spent: Collection[tuple[str, int]],
+                             *, status: str = "dropped") -> list[int]:
+        """Rounds whose verified receipt marks our leaf ``status`` (``dropped``, or ``late``:
+        the round closed before our reply; no digest) although this site spent ε on an
+        update for it (``spent``: (federation, round))."""
         out = []
         for r in self.rounds():
             receipt = self.get(r)
             if receipt is None or (receipt.federation_id, r) not in spent:
                 continue
-            if any(leaf.participant_fingerprint == own_fingerprint and leaf.status == "dropped"
+            if any(leaf.participant_fingerprint == own_fingerprint and leaf.status == status
                    and leaf.update_digest is None for leaf in receipt.leaves):
                 out.append(r)
         return out

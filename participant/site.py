@@ -187,7 +187,13 @@ class Site:
                                  "shared parameters do not match the announced digest")
         spent = ledger.spent_rounds()
         if ins.receipts:
-            before = set(self.receipts.dropped_after_submit(self.fingerprint, spent))
+            # dropped and late leaves each have their own limit: a slow member closed out
+            # by min-replies is not halted as lost, and a coordinator relabelling drops as
+            # late still halts the site (at max-late-rounds)
+            limits = {"dropped": self.cfg.max_dropped_rounds, "late": self.cfg.max_late_rounds}
+            before = {status: set(self.receipts.dropped_after_submit(self.fingerprint, spent,
+                                                                     status=status))
+                      for status in limits}
             try:
                 self.receipts.accept(list(ins.receipts), list(ins.inclusion_proofs),
                                      coordinator_key=self.coordinator_key,
@@ -199,18 +205,20 @@ class Site:
             except ReceiptVerificationError as exc:
                 return self._refusal(ins, "receipt-verification-failed", exc.diagnostics())
             self.outbox.prune(verified=set(self.receipts.rounds()))
-            dropped = self.receipts.dropped_after_submit(self.fingerprint, spent)
-            for r in sorted(set(dropped) - before):
-                log.error("ROUND %d: the coordinator's signed receipt marks this site's update "
-                          "DROPPED, but this site spent privacy budget on it (%d such round(s); "
-                          "halting at %d)", r, len(dropped), self.cfg.max_dropped_rounds)
-            # Only a newly dropped round halts: an operator who cleared the halt after
-            # investigating is not halted again by the same receipts.
-            if set(dropped) - before and len(dropped) >= self.cfg.max_dropped_rounds:
-                self.receipts.halt("dropped-limit", max(dropped),
-                                   f"rounds {dropped}: updates this site spent ε on are "
-                                   "marked dropped in the coordinator's receipts")
-                return self._refusal(ins, "halted", f"{len(dropped)} spent updates dropped")
+            for status, limit in limits.items():
+                dropped = self.receipts.dropped_after_submit(self.fingerprint, spent,
+                                                             status=status)
+                for r in sorted(set(dropped) - before[status]):
+                    log.error("ROUND %d: the coordinator's signed receipt marks this site's "
+                              "update %s, but this site spent privacy budget on it (%d such "
+                              "round(s); halting at %d)", r, status.upper(), len(dropped), limit)
+                # Only a newly marked round halts: an operator who cleared the halt after
+                # investigating is not halted again by the same receipts.
+                if set(dropped) - before[status] and len(dropped) >= limit:
+                    self.receipts.halt(f"{status}-limit", max(dropped),
+                                       f"rounds {dropped}: updates this site spent ε on are "
+                                       f"marked {status} in the coordinator's receipts")
+                    return self._refusal(ins, "halted", f"{len(dropped)} spent updates {status}")
         missing = self.receipts.missing(ins.federation_id, spent, before=ins.round)
         if missing:
             return self._refusal(ins, "receipts-missing", f"no verified receipt for round(s) "

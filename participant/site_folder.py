@@ -41,8 +41,10 @@ receipt-key = "keys/receipt_key.pem"
 coordinator-key = "keys/coordinator_receipt.pub.pem"
 # MLflow store for fine-tuning (local only); default: sqlite in the state dir.
 # tracking-uri = "sqlite:////opt/fl/state/mlflow.db"
-# Halt after this many rounds whose spent update the coordinator's receipt marks dropped.
+# Halt after this many rounds whose spent update the coordinator's receipt marks dropped,
+# or marks late (the round closed on min-replies before the update arrived).
 max-dropped-rounds = 2
+max-late-rounds = 3
 
 [coordinator]
 address = {_toml_str(coordinator)}

@@ -7,11 +7,21 @@ aggregate metrics in a ``MetricRecord``. Decoding checks the record layout
 exactly and raises :class:`MessageValidationError` (never ``KeyError``) on
 anything missing, extra or mistyped.
 
-A train reply's delta is checked against the model before any payload is converted:
-tensor names, ``stype``, ``dtype`` and ``shape`` come from each ``Array``'s metadata, and
-each payload's byte length must fit its declared shape (plus an ``.npy`` header), so a
-hostile reply costs at most one model's bytes (:func:`reply_byte_budget`). After
-conversion the array must still be what the metadata declared (headers can lie).
+Byte bounds. By the time a reply reaches this module Flower has already reassembled it in
+the ServerApp's memory: the ServerApp's grid pulls every object of the reply's object tree
+from the SuperLink's object store (one request per object, each an ``Array`` chunk of at
+most 5 MiB from an honest node) and inflates them into one ``Message`` before
+``Grid.pull_messages`` returns it. Nothing in Flower 1.41 caps a reply's total size: the
+SuperLink stores whatever objects a node pushes for the tree it registered, and the nginx
+in front of it caps each request body, not a message (docs/deployment.md). So the first
+thing decoding does is count the reply's bytes from its records, without converting any
+payload, and refuse one above :func:`reply_byte_budget` (``oversized``); the ServerApp
+then drops it before the next reply is pulled, so it holds at most one reply beyond the
+budget at a time. Then a train reply's delta is checked against the model before any
+payload is converted: tensor names, ``stype``, ``dtype`` and ``shape`` come from each
+``Array``'s metadata, and each payload's byte length must fit its declared shape (plus an
+``.npy`` header). After conversion the array must still be what the metadata declared
+(headers can lie).
 
 Layout (record keys):
 
@@ -37,6 +47,7 @@ from protocols.messages import Refusal, RoundInstruction, UpdateSubmission, Wire
 from protocols.replies import TrainReply
 
 __all__ = [
+    "EVALUATE_REPLY_BUDGET",
     "NPY_HEADER_SLACK",
     "decode_evaluate_reply",
     "decode_instruction",
@@ -46,6 +57,7 @@ __all__ = [
     "encode_refusal",
     "encode_train_reply",
     "reply_byte_budget",
+    "reply_bytes",
 ]
 
 INSTRUCTION = "fedadmet.instruction"
@@ -62,6 +74,8 @@ NPY_HEADER_SLACK = 1024
 # A signed submission is a few hundred bytes of canonical JSON.
 MAX_WIRE_JSON_BYTES = 64 * 1024
 MAX_METRICS = 256
+# an evaluate reply is metrics (or a refusal) only
+EVALUATE_REPLY_BUDGET = MAX_WIRE_JSON_BYTES + MAX_METRICS * 1024
 
 W = TypeVar("W", bound=Wire)
 
@@ -91,6 +105,33 @@ def reply_byte_budget(shapes: Mapping[str, tuple[int, ...]], *, dtype: str = "fl
     itemsize = np.dtype(dtype).itemsize
     return (sum(int(np.prod(s, dtype=np.int64)) * itemsize + NPY_HEADER_SLACK
                 for s in shapes.values()) + MAX_WIRE_JSON_BYTES + MAX_METRICS * 1024)
+
+
+def reply_bytes(content: RecordDict) -> int:
+    """The payload bytes a reply holds, counted from its records (nothing is converted):
+    every array's data, every config string or bytes value, eight per metric or scalar."""
+    total = 0
+    for key in content:
+        record = content[key]
+        if isinstance(record, ArrayRecord):
+            for name in record:
+                data = record[name].data
+                total += len(name) + (len(data) if isinstance(data, bytes) else 0)
+        elif isinstance(record, ConfigRecord | MetricRecord):
+            for name in record:
+                value = record[name]
+                values = value if isinstance(value, list) else [value]
+                total += len(name) + sum(len(v) if isinstance(v, str | bytes) else 8
+                                         for v in values)
+        total += len(key)
+    return total
+
+
+def _check_budget(content: RecordDict, budget: int, what: str) -> None:
+    size = reply_bytes(content)
+    if size > budget:
+        raise ReplyBoundsError("oversized", f"{what} is larger than any honest one",
+                               got=f"{size} bytes", expected=f"at most {budget}")
 
 
 def _check_declared(record: ArrayRecord, key: str, shapes: Mapping[str, tuple[int, ...]],
@@ -252,6 +293,7 @@ def decode_train_reply(content: RecordDict, *, shapes: Mapping[str, tuple[int, .
     checked before any payload is converted, so an oversized or undeclared tensor costs
     nothing beyond the bytes Flower already holds.
     """
+    _check_budget(content, reply_byte_budget(shapes, dtype=dtype), "train reply")
     if REFUSAL in content:
         _layout(content, {REFUSAL}, "refusal")
         return TrainReply(None, {}, {}, _parse(content[REFUSAL], REFUSAL, Refusal))
@@ -268,6 +310,7 @@ def encode_evaluate_reply(metrics: Mapping[str, float]) -> RecordDict:
 
 def decode_evaluate_reply(content: RecordDict) -> tuple[dict[str, float], Refusal | None]:
     """Metrics, or a refusal."""
+    _check_budget(content, EVALUATE_REPLY_BUDGET, "evaluate reply")
     if REFUSAL in content:
         _layout(content, {REFUSAL}, "refusal")
         return {}, _parse(content[REFUSAL], REFUSAL, Refusal)

@@ -222,8 +222,8 @@ class DPPlan(Wire):
     delta: float
     batch_size: int
     accountant: str = "rdp"
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
+    learning_rate: float = 1.0
+    optimizer: str = "sgd"
     unsafe_no_dp: bool = False
 
     def __post_init__(self) -> None:

@@ -37,6 +37,8 @@ from protocols.signing import Ed25519PrivateKey, Ed25519PublicKey, fingerprint, 
 
 __all__ = [
     "GENESIS_HASH",
+    "STATUSES",
+    "UNRECEIVED",
     "ChainReport",
     "InclusionProof",
     "ReceiptLeaf",
@@ -56,7 +58,11 @@ __all__ = [
 ]
 
 GENESIS_HASH = "0" * 64
-STATUSES = ("accepted", "rejected", "dropped", "refused")
+# "late": the member was sampled but the round closed (min-replies) before its reply came;
+# sites count late and dropped leaves separately, each against its own halt limit
+STATUSES = ("accepted", "rejected", "dropped", "late", "refused")
+# the statuses of a leaf whose reply never reached aggregation, recorded without its digest
+UNRECEIVED = ("dropped", "late")
 # docs/receipts.md §1: exactly YYYY-MM-DDTHH:MM:SSZ (ASCII digits; \d would take any Unicode digit).
 _TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _FILENAME = re.compile(r"receipt-([0-9]{6,})\.json")
@@ -320,8 +326,9 @@ def verify_receipt_for_participant(
                                            round=receipt.round)
         leaves = {leaf.participant_fingerprint: leaf for leaf in receipt.leaves}
         own = leaves.get(own_fingerprint)
-        # A reply lost in transit is honestly recorded as dropped, without a digest.
-        lost = own is not None and own.status == "dropped" and own.update_digest is None
+        # A reply lost in transit, or one the round closed before, is honestly recorded as
+        # dropped or late, without a digest.
+        lost = own is not None and own.status in UNRECEIVED and own.update_digest is None
         if own is None or (own.update_digest != own_update_digest and not lost):
             raise ReceiptVerificationError(
                 "inclusion", "our submission is missing or altered", round=receipt.round,

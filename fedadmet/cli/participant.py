@@ -75,11 +75,14 @@ def budget(config: Path = typer.Option(Path("participant.toml"), "--config", hel
     cfg = ParticipantConfig.load(config)
     site = read_budget(cfg)
     ledger, head, dropped, accountant = site.ledger, site.head, site.dropped, site.accountant
+    late = site.late
     if as_json:
         typer.echo(json.dumps({"summary": ledger.summary(), "rounds": ledger.rounds(),
                                "receipt_head": None if head is None else asdict(head),
                                "dropped_after_submit": dropped,
-                               "max_dropped_rounds": cfg.max_dropped_rounds},
+                               "max_dropped_rounds": cfg.max_dropped_rounds,
+                               "late_after_submit": late,
+                               "max_late_rounds": cfg.max_late_rounds},
                               indent=2, default=str))
         return
     table = Table(title=f"privacy ledger of {cfg.name} (δ = {cfg.delta:g}, {accountant})")
@@ -96,6 +99,9 @@ def budget(config: Path = typer.Option(Path("participant.toml"), "--config", hel
     style = "bold red" if dropped else ""
     console.print(f"updates spent but marked dropped by the coordinator: {len(dropped)} "
                   f"(rounds {dropped}; this site halts at {cfg.max_dropped_rounds})", style=style)
+    console.print(f"updates spent but marked late (round closed before they arrived): "
+                  f"{len(late)} (rounds {late}; this site halts at {cfg.max_late_rounds})",
+                  style="bold yellow" if late else "")
     if head is None:
         console.print("receipt chain head: none verified yet")
     else:

@@ -36,6 +36,7 @@ from protocols.canonical import canonical_json, sha256_hex, tensors_digest
 from protocols.endpoints import EndpointSpec
 from protocols.messages import (
     PROTOCOL_VERSION,
+    DPPlan,
     Refusal,
     RoundInstruction,
     UpdateSubmission,
@@ -76,15 +77,22 @@ def initial() -> Weights:
     return get_weights(build_model(SPEC, seed=0))
 
 
+# The simulated federation's plan as the instruction carries it (DPPlan's fields).
+PLAN = DPPlan(max_grad_norm=DP["max-grad-norm"], rounds=ROUNDS, local_epochs=DP["local-epochs"],
+              target_epsilon=DP["target-epsilon"], delta=DP["delta"],
+              batch_size=DP["batch-size"], learning_rate=DP["learning-rate"], optimizer="sgd")
+
+
 @lru_cache(maxsize=8)
-def _dp_delta(n_examples: int, seed: int) -> tuple[tuple[str, np.ndarray], ...]:
-    """One site's real DP-SGD round from :func:`initial` (participant's own training code)."""
+def _dp_delta(n_examples: int, seed: int, plan: DPPlan) -> tuple[tuple[str, np.ndarray], ...]:
+    """One site's real DP-SGD round from :func:`initial` under ``plan`` (the participant's
+    own training code)."""
     from coordinator.update_bound import plan_noise
     from participant.dp.local_round import train_dp_round
 
-    steps, sigma = plan_noise(batch_size=DP["batch-size"], local_epochs=DP["local-epochs"],
-                              rounds=ROUNDS, target_epsilon=DP["target-epsilon"],
-                              delta=DP["delta"], accountant="rdp", unsafe_no_dp=False,
+    steps, sigma = plan_noise(batch_size=plan.batch_size, local_epochs=plan.local_epochs,
+                              rounds=plan.rounds, target_epsilon=plan.target_epsilon,
+                              delta=plan.delta, accountant="rdp", unsafe_no_dp=False,
                               n_examples=n_examples)
     model = build_model(SPEC, seed=0)
     before = get_weights(model)
@@ -94,16 +102,16 @@ def _dp_delta(n_examples: int, seed: int) -> tuple[tuple[str, np.ndarray], ...]:
     m = torch.ones_like(y)
     train_dp_round(model, (x, y, m),
                    loss_fn=lambda p, yb, mb: masked_loss(p, yb, mb, model.spec, reduction="none"),
-                   max_grad_norm=DP["max-grad-norm"], noise_multiplier=sigma,
-                   sample_rate=min(1.0, DP["batch-size"] / n_examples), steps=steps,
-                   lr=DP["learning-rate"], optimizer="sgd", unsafe_seed=seed)
+                   max_grad_norm=plan.max_grad_norm, noise_multiplier=sigma,
+                   sample_rate=min(1.0, plan.batch_size / n_examples), steps=steps,
+                   lr=plan.learning_rate, optimizer="sgd", unsafe_seed=seed)
     after = get_weights(model)
     return tuple((k, (after[k] - before[k]).astype(np.float32)) for k in sorted(before))
 
 
-def honest_delta(n_examples: int = N_EXAMPLES, seed: int = 0) -> Weights:
+def honest_delta(n_examples: int = N_EXAMPLES, seed: int = 0, plan: DPPlan = PLAN) -> Weights:
     """A real DP-SGD delta (cached: the same site-like update for every call)."""
-    return {k: v.copy() for k, v in _dp_delta(n_examples, seed)}
+    return {k: v.copy() for k, v in _dp_delta(n_examples, seed, plan)}
 
 
 @dataclass(kw_only=True)
@@ -124,7 +132,7 @@ class Site:
                    ) -> tuple[UpdateSubmission, Weights, dict[str, float]]:
         """A signed submission with its delta and metrics."""
         delta = {k: (v * np.float32(self.scale)).astype(np.float32)
-                 for k, v in honest_delta(seed=self.seed).items()}
+                 for k, v in honest_delta(seed=self.seed, plan=ins.dp_plan).items()}
         capped = ins.weighting == "capped"
         count = self.claimed_count if self.claimed_count is not None else (
             count_bucket(N_EXAMPLES) if capped else None)
@@ -226,11 +234,13 @@ def members(*keys: Ed25519PrivateKey, max_examples: int | None = N_EXAMPLES,
 
 
 def federation(tmp_path: Path, scripts: Mapping[int, Script], *,
-               enrolled: Mapping[str, Member] | None = None, **settings: Any) -> Federation:
+               enrolled: Mapping[str, Member] | None = None,
+               plan: Mapping[str, Any] = DP, **settings: Any) -> Federation:
     """A real :class:`Federation` over a :class:`GridSimulator` of ``scripts``.
 
     ``settings`` are ``[federation]`` keys (``min-participants``, ``round-timeout``,
-    ``weighting``, ``min-replies``), or ``admission``/``privacy`` tables.
+    ``weighting``, ``min-replies``), or ``admission``/``privacy`` tables; the privacy
+    table is laid over ``plan`` (``{}``: the coordinator's default plan).
     """
     fed: dict[str, Any] = {"id": "fed", "rounds": ROUNDS, "min-participants": 2,
                            "round-timeout": 0.3, "join-timeout": 1.0,
@@ -238,7 +248,7 @@ def federation(tmp_path: Path, scripts: Mapping[int, Script], *,
     tables = {k: settings.pop(k) for k in ("admission", "privacy") if k in settings}
     fed.update(settings)
     cfg = FederationConfig.from_mapping({
-        "federation": fed, "privacy": {**DP, **tables.get("privacy", {})},
+        "federation": fed, "privacy": {**plan, **tables.get("privacy", {})},
         **({"admission": tables["admission"]} if "admission" in tables else {}),
         "model": {"endpoints": [{"name": "logd", "task": "regression"}]}})
     return Federation(cfg, grid=GridSimulator(scripts), signing_key=COORDINATOR,

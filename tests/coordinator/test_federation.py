@@ -11,13 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from coordinator.config import PrivacyPlanConfig
 from coordinator.federation import Federation, Weights
 from protocols import flower_codec as codec
-from protocols.errors import RoundFailedError
+from protocols.errors import ConfigError, RoundFailedError
 from protocols.messages import RoundInstruction
 from protocols.receipts import RoundReceipt, parse_receipt
 from protocols.signing import fingerprint
@@ -191,6 +192,26 @@ def test_inflated_update_norm_is_rejected(tmp_path: Path) -> None:
     assert leaves[fingerprint(C)][:2] == ("rejected", "norm-exceeded")
 
 
+def test_twice_inflated_update_is_rejected_under_the_default_plan(tmp_path: Path) -> None:
+    # the coordinator's own default plan (no [privacy] keys): the sites train with it
+    fed = federation(tmp_path, {1: Site(key=A), 2: Site(key=B, seed=1),
+                                3: Site(key=C, seed=2, scale=2.0)}, plan={})
+    assert fed.cfg.privacy == PrivacyPlanConfig()
+    fed.run_round(1)
+    leaves = _leaves(fed)
+    assert leaves[fingerprint(A)][0] == leaves[fingerprint(B)][0] == "accepted"
+    assert leaves[fingerprint(C)][:2] == ("rejected", "norm-exceeded")
+
+
+def test_adam_plan_without_an_operator_bound_refuses_to_start(tmp_path: Path) -> None:
+    # Adam's plan-derived bound admitted an update 812x an honest one: no bound, no start
+    with pytest.raises(ConfigError, match="max-update-norm"):
+        federation(tmp_path, {1: Site(key=A), 2: Site(key=B)}, privacy={"optimizer": "adam"})
+    fed = federation(tmp_path, {1: Site(key=A), 2: Site(key=B)}, privacy={"optimizer": "adam"},
+                     admission={"max-update-norm": 3.0})
+    assert fed.cfg.admission.max_update_norm == 3.0
+
+
 def test_claimed_epsilon_of_1e300_is_rejected(tmp_path: Path) -> None:
     fed = federation(tmp_path, {1: Site(key=A), 2: Site(key=B, seed=1),
                                 3: Site(key=C, claimed_epsilon=1e300),
@@ -238,6 +259,22 @@ def test_nan_eval_metrics_are_dropped_with_a_reason(tmp_path: Path, metrics: dic
     assert json.loads(line)["evaluate_reasons"] == {fingerprint(C): reason}
 
 
+@pytest.mark.parametrize(("weighting", "attacker_weight"), [("uniform", 1.0), ("capped", 128.0)])
+def test_inflated_evaluate_count_cannot_steer_the_learning_curve(
+        tmp_path: Path, weighting: str, attacker_weight: float) -> None:
+    # C claims 2**40 held-out molecules with a terrible MAE: it counts as one reply under
+    # uniform weighting and at most its enrolled cap (128) under capped
+    fed = federation(tmp_path, {1: Site(key=A), 2: Site(key=B, seed=1),
+                                3: Site(key=C, seed=2,
+                                        eval_metrics={"logd.mae": 100.0, "logd.n": 2.0**40})},
+                     weighting=weighting)
+    summary = fed.run_round(1)
+    honest = 1.0 if weighting == "uniform" else 20.0  # the honest sites' n is 20
+    want = (2 * honest * 0.4 + attacker_weight * 100.0) / (2 * honest + attacker_weight)
+    assert summary.evaluate["logd.mae"] == pytest.approx(want)
+    assert summary.evaluate["logd.mae"] < 100.0 * 0.9
+
+
 def test_silent_member_holds_the_round_for_the_timeout_without_min_replies(
         tmp_path: Path) -> None:
     fed = federation(tmp_path, {1: Site(key=A), 2: Site(key=B, seed=1), 3: silent},
@@ -256,7 +293,20 @@ def test_silent_member_does_not_hold_the_round_once_min_replies_arrived(
     summary = fed.run_round(1)
     assert time.monotonic() - t0 < 30.0  # far below the 2 x 60 s a silent member would cost
     assert summary.accepted == 2
-    assert _leaves(fed)["node:3"][:2] == ("dropped", "round-closed")
+    assert _leaves(fed)["node:3"][:2] == ("late", "round-closed")
+
+
+def test_slow_member_closed_out_by_min_replies_is_late_not_dropped(tmp_path: Path) -> None:
+    # C (bound to node 1 in round 1) answers too slowly in round 2: its leaf must not be
+    # the "dropped" its site halts on, but "late", counted on its own limit
+    fed = federation(tmp_path, {1: Site(key=C, seed=2), 2: Site(key=A), 3: Site(key=B, seed=1)},
+                     **{"min-replies": 2})
+    fed.run_round(1)  # C and A are admitted first; the round closes on B
+    assert _leaves(fed, 1)["node:3"][:2] == ("late", "round-closed")
+    fed.grid.scripts[1] = silent  # type: ignore[attr-defined]
+    summary = fed.run_round(2)
+    assert _leaves(fed, 2)[fingerprint(C)] == ("late", "round-closed", 0.0)
+    assert (summary.late, summary.dropped) == (1, 0)
 
 
 def test_rounds_chain_and_bindings_survive_a_resume(tmp_path: Path) -> None:
@@ -338,3 +388,35 @@ def test_deeply_nested_json_reply_does_not_crash_train_or_evaluate(tmp_path: Pat
     assert _leaves(fed)["node:3"][:2] == ("rejected", "malformed")
     assert summary.evaluate_reasons.get("node:3") == "malformed"
     assert len(fed.log.rounds()) == 1  # the round's line was written: nothing left pending
+
+
+def _padded(site: Site, *, mib: int) -> Script:
+    """An honest train reply plus ``mib`` MiB in an extra record; its evaluate reply
+    padded the same way."""
+    def script(msg: Message, ins: RoundInstruction, weights: Weights) -> list[Message]:
+        pad = ArrayRecord({"pad": Array(np.zeros(mib << 18, np.float32))})
+        if msg.metadata.message_type == "evaluate":
+            content = codec.encode_evaluate_reply({"logd.mae": 0.4, "logd.n": 20.0})
+        else:
+            content = codec.encode_train_reply(*site.submission(ins, weights))
+        content["fedadmet.padding"] = pad
+        return [Message(content, reply_to=msg)]
+    return script
+
+
+def test_reply_over_the_byte_budget_is_rejected_before_decoding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the reply Flower reassembled is 8 MiB over a 0.5 MiB model: refused by its size,
+    # with no payload of it converted, in train and in evaluate
+    fed = federation(tmp_path, {1: Site(key=A), 2: Site(key=B, seed=1),
+                                3: _padded(Site(key=C, seed=2), mib=8)})
+    budget = codec.reply_byte_budget({k: v.shape for k, v in fed.weights.items()})
+    assert budget < 1 << 20
+    converted: list[int] = []
+    numpy = Array.numpy
+    monkeypatch.setattr(Array, "numpy", lambda self: converted.append(len(self.data))
+                        or numpy(self))
+    summary = fed.run_round(1)
+    assert _leaves(fed)["node:3"][:2] == ("rejected", "oversized")
+    assert summary.evaluate_reasons.get("node:3") == "oversized"
+    assert summary.accepted == 2 and max(converted) < 1 << 20  # never the 8 MiB pad

@@ -95,7 +95,8 @@ class SiteKit:
                                participant_signature=submission.signature,
                                claimed_epsilon=submission.claimed_epsilon)
         else:
-            leaf = ReceiptLeaf(participant_fingerprint=me, status=status, reason="timeout")
+            leaf = ReceiptLeaf(participant_fingerprint=me, status=status,
+                               reason="round-closed" if status == "late" else "timeout")
         digest = tensors_digest(self.global_weights)
         return build_receipt(
             federation_id="site-factory", round=round, issued_at="2026-01-01T00:00:00Z",

@@ -203,6 +203,39 @@ def test_dropped_own_leaf_halts_after_limit(tmp_path: Path,
     assert len([e for e in _ledger(kit).entries() if e.release == "train"]) == 2
 
 
+def test_slow_member_closed_out_by_min_replies_is_not_halted_as_dropped(tmp_path: Path) -> None:
+    # two late leaves reach max-dropped-rounds (2): a site that counted them as dropped
+    # would halt; late has its own limit (3)
+    kit, site, result = _trained(tmp_path)
+    first = _receipt(kit, result, status="late")
+    second_round = site.train(kit.instruction(round=2, receipts=[first]), kit.global_weights)
+    assert second_round.submission is not None, second_round.refusal
+    second = _receipt(kit, second_round, 2, first, status="late")
+    third = site.train(kit.instruction(round=3, receipts=[second]), kit.global_weights)
+    assert third.submission is not None, third.refusal
+    assert site.receipts.halted() is None
+    from simulations.cli import _mount, app
+
+    _mount()
+    out = CliRunner().invoke(app, ["participant", "budget", "--config", str(kit.config_path),
+                                   "--json"])
+    assert out.exit_code == 0, out.output
+    budget = json.loads(out.output)
+    assert (budget["late_after_submit"], budget["dropped_after_submit"]) == ([1, 2], [])
+    assert budget["max_late_rounds"] == 3
+
+
+def test_coordinator_labelling_drops_as_late_cannot_burn_epsilon_without_bound(
+        tmp_path: Path) -> None:
+    kit, site, result = _trained(tmp_path, **{"max-late-rounds": "1"})
+    late = _receipt(kit, result, status="late")
+    halted = site.train(kit.instruction(round=2, receipts=[late]), kit.global_weights)
+    assert halted.refusal is not None and halted.refusal.reason == "halted"
+    halt = site.receipts.halted()
+    assert halt is not None and halt.check == "late-limit"
+    assert len([e for e in _ledger(kit).entries() if e.release == "train"]) == 1
+
+
 def test_dropped_limit_is_a_validated_config_key(tmp_path: Path) -> None:
     kit = make_site(tmp_path, n=N)
     text = kit.config_path.read_text()

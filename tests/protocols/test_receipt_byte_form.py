@@ -173,3 +173,29 @@ def test_leaves_that_are_not_an_array_are_refused() -> None:
     obj["leaves"] = {}
     with pytest.raises(MessageValidationError, match="leaves"):
         RoundReceipt.from_dict(obj)
+
+
+def test_late_leaf_has_one_known_byte_form() -> None:
+    leaf = ReceiptLeaf(participant_fingerprint="node:7", status="late", reason="round-closed")
+    assert leaf.leaf_bytes() == (
+        b'{"claimed_epsilon":null,"kind":"receipt-leaf","participant_fingerprint":"node:7",'
+        b'"participant_signature":null,"reason":"round-closed","status":"late",'
+        b'"update_digest":null,"weight":0}')
+    assert ReceiptLeaf.from_dict(json.loads(leaf.leaf_bytes())) == leaf
+
+
+@pytest.mark.parametrize("status", ["Late", "late ", "LATE", "delayed", ""])
+def test_status_outside_the_enum_is_refused(status: str) -> None:
+    obj = chain(1)[0].to_dict()
+    obj["leaves"][0].update(status=status, reason="round-closed", weight=0)
+    with pytest.raises(MessageValidationError, match="status"):
+        RoundReceipt.from_dict(obj)
+
+
+@pytest.mark.parametrize("change", [{"reason": None}, {"weight": 0.5}])
+def test_late_leaf_needs_a_reason_and_zero_weight(change: dict[str, object]) -> None:
+    fields: dict[str, object] = {"kind": "receipt-leaf", "participant_fingerprint": "node:7",
+                                 "status": "late",
+                                 "reason": "round-closed", **change}
+    with pytest.raises(MessageValidationError, match="reason and zero weight"):
+        ReceiptLeaf.from_dict(fields)
