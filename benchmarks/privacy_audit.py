@@ -6,14 +6,16 @@ holds the private ClinTox endpoint), and runs ``fedadmet audit privacy`` on
 its ``participant.toml``:
 
 - membership inference (loss threshold, offline LiRA) on the non-private
-  local-only model and on the DP-SGD model at the plan's ε (8);
-- the canary audit at ε = 8 and at the smaller audit ε (1), with noise, and
-  again at the audit ε with the noise switched off (``unsafe_disable_noise``)
-  to show the audit flags it (at ε = 8 no affordable number of runs could).
+  local-only model and on the DP-SGD model at the plan's ε (8), members a
+  random half of the site's molecules;
+- the canary audit at ε = 8 and at the smaller audit ε, with noise, and
+  the audit's own noise-off control at the audit ε, which must be flagged
+  (at ε = 8 no affordable number of runs could).
 
-Prints JSON, then a short table; writes the report under ``--out``.
+Prints JSON (wall and CPU seconds, load average), then a short table; writes
+the report under ``--out``.
 
-    nice -n 10 python benchmarks/privacy_audit.py [--runs 30] [--shadows 4] [--threads 2]
+    nice -n 10 python benchmarks/privacy_audit.py [--runs 40] [--shadows 4] [--threads 2]
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -30,7 +32,8 @@ import torch
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=30, help="canary runs per side")
+    ap.add_argument("--runs", type=int, default=40, help="canary runs per side")
+    ap.add_argument("--canary-rows", type=int, default=256)
     ap.add_argument("--audit-epsilon", type=float, default=0.5,
                     help="the smaller claim the runs can refute (ceiling 1.28 at 30 runs)")
     ap.add_argument("--shadows", type=int, default=4)
@@ -38,43 +41,56 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/privacy-audit-benchmark"))
     ap.add_argument("--cache", type=Path, default=Path(".fedadmet-cache"))
+    ap.add_argument("--site", type=Path, default=None,
+                    help="participant.toml of a site prepared earlier (skips preparation)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from chem.featurizers import get_spec
     from participant.config import ParticipantConfig
-    from participant.data import load_site_data
-    from participant.privacy_audit import canary_audits, run_privacy_audit, site_model_spec
+    from participant.privacy_audit import run_privacy_audit
     from participant.privacy_audit_report import write_audit
     from simulations.privacy_arm import audit_plan
     from simulations.runner import prepare_seed
     from simulations.scenario import load_scenario
 
     sc = load_scenario("admet-consortium")
-    run = prepare_seed(sc, args.out / "site", seed=0, cache=args.cache)
-    largest = max(run.partners, key=lambda p: sum(t for t, _ in p.counts.values()))
-    cfg = ParticipantConfig.load(run.participant_configs[largest.index])
+    if args.site is None:
+        run = prepare_seed(sc, args.out / "site", seed=0, cache=args.cache)
+        largest = max(run.partners, key=lambda p: sum(t for t, _ in p.counts.values()))
+        site, args.site = largest.index, run.participant_configs[largest.index]
+    else:
+        site = -1  # given: a site prepared earlier (e.g. partner-0 of a previous run)
+    cfg = ParticipantConfig.load(args.site)
     plan = audit_plan(sc, shadows=args.shadows, canaries=args.canaries, runs=args.runs,
-                      audit_epsilon=args.audit_epsilon)
-    t0 = time.perf_counter()
-    result = run_privacy_audit(cfg, plan)
-    audit_seconds = time.perf_counter() - t0
-    data = load_site_data(cfg, get_spec(plan.featurizer))
-    t1 = time.perf_counter()
-    result["canary_audit_noise_off"] = canary_audits(
-        # noise off at the refutable claim only: at ε = 8 no affordable R could flag it
-        data, site_model_spec(data, cfg, plan), replace(plan, epsilon=plan.audit_epsilon),
-        delta=cfg.delta,
-        unsafe_disable_noise=True)
-    noise_off_seconds = time.perf_counter() - t1
+                      audit_epsilon=args.audit_epsilon, canary_rows=args.canary_rows)
+    stages: dict[str, float] = {}
+    last = [time.perf_counter(), ""]
+
+    def progress(stage: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if last[1]:
+            stages[str(last[1])] = stages.get(str(last[1]), 0.0) + now - float(last[0])
+        last[:] = [now, stage]
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    load0, c0, t0 = os.getloadavg(), cpu(), time.perf_counter()
+    result = run_privacy_audit(cfg, plan, progress=progress)
+    audit_seconds, audit_cpu = time.perf_counter() - t0, cpu() - c0
+    progress("", 0, 0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "raw-result.json").write_text(json.dumps(result, default=str), encoding="utf-8")
     paths = write_audit(result, args.out)
     load = os.getloadavg()
     summary = {
-        "site": largest.index, "members": result["members"],
+        "site": site, "participant_toml": str(args.site), "members": result["members"],
         "non_members": result["non_members"], "runs_per_side": args.runs,
         "shadows": args.shadows, "threads": args.threads,
-        "audit_seconds": audit_seconds, "noise_off_seconds": noise_off_seconds,
-        "load_average_1_5_15": load,
+        "audit_seconds": audit_seconds, "audit_cpu_seconds": audit_cpu,
+        "seconds_by_stage": stages,
+        "load_average_1_5_15_before": load0, "load_average_1_5_15_after": load,
         "membership_inference": {
             t: {a: {"auc": m["auc"], "tpr_at_1pct_fpr": m["tpr_at_fpr"]["0.01"],
                     "tpr_at_0.1pct_fpr": m["tpr_at_fpr"]["0.001"]} for a, m in attacks.items()}
@@ -86,9 +102,9 @@ def main() -> None:
                    for c in result["canary_audit"] + result["canary_audit_noise_off"]],
         "report": str(paths["md"])}
     print(json.dumps(summary, indent=2))
-    print(f"\nsite {largest.index}: {result['members']} members / {result['non_members']} "
-          f"non-members; audit {audit_seconds:.0f} s (+{noise_off_seconds:.0f} s noise-off), "
-          f"load {load[0]:.1f}")
+    print(f"\nsite {site}: {result['members']} members / {result['non_members']} "
+          f"non-members; audit {audit_seconds:.0f} s wall, {audit_cpu:.0f} s CPU, "
+          f"load {load0[0]:.1f} -> {load[0]:.1f}")
     print(f"{'model':28} {'attack':15} {'AUC [95% CI]':24} TPR@1%FPR")
     for t, attacks in result["membership_inference"].items():
         for a, m in attacks.items():

@@ -7,16 +7,20 @@ Two standard attacks, each giving every candidate compound a score (higher:
   score = minus the model's loss on the compound.
 - **Offline LiRA** (Carlini et al. 2022, "Membership Inference Attacks From
   First Principles", Section VI-C): shadow models are trained, with the
-  target's own procedure, on random halves of data the target did NOT see
-  (here the site's own held-out non-members). For each compound the losses of
-  the shadows that did not train on it (its OUT losses) are fitted by a
-  Gaussian, in log-loss so the fit is reasonable; the score is how far below
-  that OUT distribution the target's loss lies, ``(mu_out - phi) / sigma``.
-  With few shadows Carlini et al. use one global sigma ("fixed variance"),
-  which is what this does.
+  target's own procedure, on random halves of the candidate pool (pairs of
+  complementary halves, so every candidate is OUT for exactly half of them).
+  For each compound the losses of the shadows that did not train on it (its
+  OUT losses) are fitted by a Gaussian, in log-loss so the fit is
+  reasonable; the score is how far below that OUT distribution the target's
+  loss lies, ``(mu_out - phi) / sigma``. With few shadows Carlini et al. use
+  one global sigma ("fixed variance"), which is what this does.
 
-Members are the target's training compounds, non-members the site's held-out
-scaffold split: the candidate set an attacker would realistically hold.
+Members and non-members must come from one distribution, or an attack
+measures the difference between the distributions instead of membership: a
+model trained on neither set would then score above chance. As in Carlini et
+al. (Section V), :func:`random_membership` draws them at random from one pool
+at the molecule level (a scaffold split would make non-members other
+chemical series; the attack then detects series, not membership).
 Both attacks only score; :mod:`participant.roc_statistics` measures them.
 """
 
@@ -32,7 +36,7 @@ from chem.models import MultiTaskMLP, masked_loss
 from participant.roc_statistics import AttackMetrics, attack_metrics
 
 __all__ = ["AttackData", "ShadowLosses", "lira_offline_scores", "loss_attack_scores",
-           "per_example_losses", "run_attacks", "train_shadows"]
+           "per_example_losses", "random_membership", "run_attacks", "train_shadows"]
 
 # Trains a fresh model the way the target was trained, on (x, y, mask).
 Trainer = Callable[[np.ndarray, np.ndarray, np.ndarray], MultiTaskMLP]
@@ -59,6 +63,26 @@ class AttackData:
                 np.concatenate([self.mask_members, self.mask_non_members]),
                 np.r_[np.ones(len(self.x_members), bool),
                       np.zeros(len(self.x_non_members), bool)])
+
+
+def random_membership(x: np.ndarray, y: np.ndarray, mask: np.ndarray, *, seed: int,
+                      endpoints: tuple[str, ...] = ()) -> AttackData:
+    """A uniformly random half of the pool as members, the rest as non-members.
+
+    Membership is then the only thing that tells the two sets apart
+    (Carlini et al. 2022, Section V: the target trains on a random half). The
+    randomness chooses an experiment, it protects nothing: it is seeded so
+    the audit can be reproduced.
+    """
+    n = len(x)
+    if n < 4:
+        raise ValueError(f"need at least 4 molecules to split into members and non-members, "
+                         f"got {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    ins, outs = np.sort(perm[: n // 2]), np.sort(perm[n // 2:])
+    return AttackData(x_members=x[ins], y_members=y[ins], mask_members=mask[ins],
+                      x_non_members=x[outs], y_non_members=y[outs], mask_non_members=mask[outs],
+                      endpoints=endpoints)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,29 +132,31 @@ def lira_offline_scores(target_losses: np.ndarray, shadows: ShadowLosses) -> np.
 
 def train_shadows(trainer: Trainer, data: AttackData, *, shadows: int, seed: int,
                   on_shadow: Callable[[int], None] | None = None) -> ShadowLosses:
-    """Train ``shadows`` models, each on a random half of the non-members.
+    """Train ``shadows`` models, each on a random half of all candidates.
 
-    Members are OUT for every shadow; each non-member is OUT for about half
-    of them, as in Carlini et al.'s offline attack.
+    Shadows come in complementary pairs, so every candidate, member or not,
+    is OUT for the same number of shadows, each trained on as many molecules
+    as the target (Carlini et al. 2022: shadows on random halves of the
+    population; the offline attack reads only the OUT ones). Shadows that
+    trained on members' data learn nothing about which candidates are members.
     """
     if shadows < 2:
         raise ValueError(f"offline LiRA needs at least 2 shadow models, got {shadows}")
     x, y, mask, _ = data.candidates()
-    n_members, n_out = len(data.x_members), len(data.x_non_members)
+    n = len(x)
     rng = np.random.default_rng(seed)
-    losses = np.zeros((shadows, len(x)))
-    trained = np.zeros((shadows, len(x)), bool)
+    losses = np.zeros((shadows, n))
+    trained = np.zeros((shadows, n), bool)
+    pick = np.zeros(0, np.int64)
     for s in range(shadows):
-        # Half of the shadows take a random half, the next one its complement, so every
-        # non-member is OUT for at least one shadow.
+        # A random half, then its complement: every candidate is OUT for at least one shadow.
         if s % 2 == 0:
-            pick = rng.permutation(n_out)[: n_out // 2]
+            pick = np.sort(rng.permutation(n)[: n // 2])
         else:
-            pick = np.setdiff1d(np.arange(n_out), pick)
-        model = trainer(data.x_non_members[pick], data.y_non_members[pick],
-                        data.mask_non_members[pick])
+            pick = np.setdiff1d(np.arange(n), pick)
+        model = trainer(x[pick], y[pick], mask[pick])
         losses[s] = per_example_losses(model, x, y, mask)
-        trained[s, n_members + pick] = True
+        trained[s, pick] = True
         if on_shadow is not None:
             on_shadow(s)
     return ShadowLosses(losses=losses, trained_on=trained)

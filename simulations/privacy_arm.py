@@ -3,7 +3,8 @@
 Partner 0 (the largest in the shipped scenarios, and the holder of the
 private endpoint) runs ``fedadmet audit privacy`` on its own site directory
 with the scenario's training plan; the federated global model it received is
-attacked too, on the same members and non-members. The audit's section is
+attacked too, on its real members (the partner's training split) against the
+held-out scaffold split, which the report marks as confounded. The audit's section is
 appended to ``report.md``; its files go to ``<out>/privacy-audit/``.
 """
 
