@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from participant.node_log import LogPump
 from participant.pinned_clientapp import PIN_ENV
 from participant.pinning import CodePin
 from protocols.errors import ConfigError, DeploymentError
@@ -236,6 +237,7 @@ class NodeProcesses:
 
     superexec: subprocess.Popen[bytes]
     supernode: subprocess.Popen[bytes]
+    pump: LogPump | None = None
 
     def stop(self, *, timeout_s: float = 10.0) -> None:
         """SIGTERM each group, then SIGKILL what is left after ``timeout_s``; reap both.
@@ -254,6 +256,8 @@ class NodeProcesses:
                 proc.wait(timeout=5)
         for proc in (self.supernode, self.superexec):  # leftovers of an exited leader
             _signal_group(proc, signal.SIGKILL)
+        if self.pump is not None:  # every line they wrote is in the log now
+            self.pump.join()
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
@@ -285,7 +289,9 @@ def start_node(plan: SuperNodePlan, *, work_dir: Path, log_path: Path,
         log.warning("UNSAFE: no code pin (unsafe_run_unpinned_code). This participant will "
                     "run WHATEVER ClientApp code the coordinator sends, next to your data.")
     exec_env = flower_env(base, exec_extra)
-    with open(log_path, "ab") as out:
+    pump = LogPump(log_path)  # one pipe for both (and their ClientApps), ANSI codes removed
+    out = pump.write_fd
+    try:
         superexec = subprocess.Popen(superexec_command(plan, secret_file=secret_file),
                                      stdout=out, stderr=subprocess.STDOUT, env=exec_env,
                                      start_new_session=True, preexec_fn=_die_with_parent)
@@ -297,7 +303,9 @@ def start_node(plan: SuperNodePlan, *, work_dir: Path, log_path: Path,
             _signal_group(superexec, signal.SIGKILL)
             superexec.wait(timeout=5)
             raise
-    return NodeProcesses(superexec=superexec, supernode=supernode)
+    finally:
+        pump.started()
+    return NodeProcesses(superexec=superexec, supernode=supernode, pump=pump)
 
 
 def flower_exit_code(log_text: str, returncode: int) -> int:
