@@ -25,13 +25,14 @@ from participant.daemon import (
     DEFAULT_TASK_POLL_INTERVAL,
     MAX_TASK_POLL_INTERVAL,
     MIN_TASK_POLL_INTERVAL,
+    SuperNodePlan,
 )
 from participant.pinning import CodePin
 from protocols.errors import ConfigError
 from protocols.settings import Table
 
 __all__ = ["CoordinatorConfig", "DataConfig", "EndpointColumn", "EvaluationConfig",
-           "LocalTrainingConfig", "ParticipantConfig"]
+           "LocalTrainingConfig", "ParticipantConfig", "supernode_plan"]
 
 
 _DATA_SUFFIXES = (".csv", ".parquet", ".pq", ".sdf")
@@ -215,6 +216,19 @@ class ParticipantConfig:
         """MLflow URI, defaulting to a SQLite store in the state directory."""
         return self.tracking_uri or f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
 
+
+
+def supernode_plan(cfg: ParticipantConfig) -> SuperNodePlan:
+    """The daemon's plan from the ``[coordinator]`` table of a loaded config."""
+    coord = cfg.require_coordinator()
+    if cfg.source is None:
+        raise ConfigError("config", "has no file to hand to the SuperNode",
+                          fix="load it with ParticipantConfig.load(path)")
+    return SuperNodePlan(superlink=coord.address, root_certificates=coord.root_certificate,
+                         node_key=coord.node_key, port=coord.local_port,
+                         node_config={"config": str(cfg.source), "state-dir": str(cfg.state_dir)},
+                         code_pin=coord.code_pin, task_poll_interval=coord.task_poll_interval,
+                         unsafe_run_unpinned_code=coord.unsafe_run_unpinned_code)
 
 def _data(t: Table, endpoint_tables: dict[str, Table], resolve: Any) -> DataConfig:
     files = tuple(resolve(f) for f in t.array("files", required=True, item_type=str, min_len=1))

@@ -37,7 +37,7 @@ __all__ = ["PIN_ENV", "RUNTIME_INSTALL_FLAG", "installed_digests", "main"]
 
 PIN_ENV = "FEDADMET_CODE_PIN"
 RUNTIME_INSTALL_FLAG = "--allow-runtime-dependency-installation"
-FEDADMET_PACKAGES = ("chem", "coordinator", "participant", "protocols", "simulations")
+FEDADMET_PACKAGES = ("chem", "coordinator", "fedadmet", "participant", "protocols", "simulations")
 log = logging.getLogger("fedadmet.participant.pinned_clientapp")
 
 

@@ -56,7 +56,7 @@ import numpy as np
 from chem.metrics import HIGHER_IS_BETTER
 from simulations.comparisons import MIN_GAP, gap_closed
 
-__all__ = ["ARMS", "data_lines", "summarise", "write_report", "write_sweep_report"]
+__all__ = ["ARMS", "data_lines", "eps_dir", "summarise", "write_report", "write_sweep_report"]
 
 ARMS = ("local-only", "federated", "federated+finetune", "pooled", "mean-predictor")
 
@@ -337,6 +337,11 @@ def _eps_value(raw: Any) -> float:
     return math.inf if raw == "inf" else float(raw)
 
 
+def eps_dir(epsilon: float) -> str:
+    """``eps-8``, ``eps-inf``: a dp-sweep's folder for one ε."""
+    return "eps-inf" if math.isinf(epsilon) else f"eps-{epsilon:g}"
+
+
 def write_sweep_report(runs: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     """A dp-sweep: one report per ε under ``out/eps-<ε>``, plus the privacy-utility curve.
 
@@ -358,9 +363,8 @@ def write_sweep_report(runs: list[dict[str, Any]], out: Path) -> dict[str, Path]
     refs: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in sorted(runs, key=lambda r: _eps_value(r["scenario"]["epsilon"])):
         eps = _eps_value(run["scenario"]["epsilon"])
-        label = "inf" if math.isinf(eps) else f"{eps:g}"
-        sub = write_report(run, out / f"eps-{label}")
-        files[f"md-eps-{label}"] = sub["md"]
+        sub = write_report(run, out / eps_dir(eps))
+        files[f"md-{eps_dir(eps)}"] = sub["md"]
         for row in summarise(run):
             key = (row["endpoint"], row["metric"])
             fed = [v for v in row["arms"]["federated"] if math.isfinite(v)]

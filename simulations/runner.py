@@ -31,7 +31,7 @@ from simulations.datasets import load_dataset
 from simulations.partners import PartnerData, build_partner_data, source_reports
 from simulations.scenario import Scenario
 
-__all__ = ["SeedRun", "run_seed"]
+__all__ = ["SeedRun", "check_data", "run_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,20 @@ def data_report(scenario: Scenario, partners: list[PartnerData], cache: Path
                           "counts": {e: {"train": n, "test": m} for e, (n, m) in
                                      p.counts.items()}, **p.intake} for p in partners]}
 
+
+def check_data(scenario: Scenario, out: Path, *, cache: Path) -> dict[str, Any]:
+    """Every seed's partner data, and the report on it, without a federation.
+
+    Written to ``out/data-report.json`` and returned.
+    """
+    seeds = [{"seed": seed, "data": data_report(
+        scenario, build_partner_data(scenario, out / f"seed-{seed}", seed=seed, cache=cache),
+        cache)} for seed in scenario.seeds]
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"seeds": seeds}
+    (out / "data-report.json").write_text(json.dumps(report, indent=2) + "\n",
+                                          encoding="utf-8")
+    return report
 
 def run_scenario(scenario: Scenario, out_dir: Path, *, cache: Path,
                  progress: Any = None, on_reply: Any = None) -> dict[str, Any]:

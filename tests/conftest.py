@@ -13,7 +13,7 @@ SLOW_TESTS = frozenset({
     "tests/participant/test_lazy_noise.py::test_owed_and_per_step_noise_train_models_of_the_same_distribution",
     "tests/participant/test_calibration.py::test_calibrated_sigma_never_overshoots_epsilon",
     "tests/participant/test_ledger.py::test_calibrated_noise_never_overshoots",
-    "tests/participant/test_cli_participant.py::test_finetune_then_predict_with_the_locally_registered_model",
+    "tests/fedadmet/cli/test_participant.py::test_finetune_then_predict_with_the_locally_registered_model",
     "tests/participant/test_finetune.py::test_finetuning_improves_the_local_validation_metric_over_the_global_model",
     "tests/participant/test_outgoing_message.py::test_training_time_is_logged_on_site",
     "tests/participant/test_outgoing_message.py::test_train_reply_leaks_no_smiles_or_per_example_data",

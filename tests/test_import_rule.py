@@ -1,9 +1,10 @@
 """The whole import rule, read statically from every module (function-level imports included).
 
 Imports flow one way: ``protocols`` <- ``chem`` <- ``participant``, and ``protocols`` <-
-``coordinator`` (which also builds the shared model from ``chem``). ``simulations`` may import
-everything and nothing imports it. ``chem`` never imports Flower, and inside ``protocols`` only
-the codec knows Flower.
+``coordinator`` (which also builds the shared model from ``chem``). ``fedadmet`` (the command
+line) may import everything and nothing imports it; ``simulations`` may import everything but
+``fedadmet`` and only ``fedadmet`` imports it. ``chem`` never imports Flower, and inside
+``protocols`` only the codec knows Flower.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("protocols", "chem", "participant", "coordinator", "simulations")
+PACKAGES = ("protocols", "chem", "participant", "coordinator", "simulations", "fedadmet")
 
 # package -> top-level names it must never import
 FORBIDDEN: dict[str, frozenset[str]] = {
-    "protocols": frozenset({"chem", "participant", "coordinator", "simulations"}),
-    "chem": frozenset({"participant", "coordinator", "simulations", "flwr"}),
-    "participant": frozenset({"coordinator", "simulations"}),
-    "coordinator": frozenset({"participant", "simulations"}),
-    "simulations": frozenset(),
+    "protocols": frozenset({"chem", "participant", "coordinator", "simulations", "fedadmet"}),
+    "chem": frozenset({"participant", "coordinator", "simulations", "fedadmet", "flwr"}),
+    "participant": frozenset({"coordinator", "simulations", "fedadmet"}),
+    "coordinator": frozenset({"participant", "simulations", "fedadmet"}),
+    "simulations": frozenset({"fedadmet"}),
+    "fedadmet": frozenset(),
 }
 # The one module of protocols that may know Flower's records.
 FLOWER_IN_PROTOCOLS = {"protocols/flower_codec.py"}

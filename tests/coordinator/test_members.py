@@ -46,7 +46,8 @@ def test_duplicate_enrolment_never_reaches_the_superlink(tmp_path: Path,
 
     from typer.testing import CliRunner
 
-    from coordinator import cli
+    from coordinator import deployment
+    from fedadmet.cli import coordinator as cli
 
     runner = CliRunner()
     done = runner.invoke(cli.app, ["init", str(tmp_path), "--endpoint", "logd:regression"])
@@ -57,7 +58,7 @@ def test_duplicate_enrolment_never_reaches_the_superlink(tmp_path: Path,
         calls.append(cmd)
         return subprocess.CompletedProcess(cmd, 0, "registered", "")
 
-    monkeypatch.setattr(cli.subprocess, "run", fake_run)
+    monkeypatch.setattr(deployment.subprocess, "run", fake_run)
     node, receipt = tmp_path / "node.pub", tmp_path / "receipt.pem"
     node.write_text("ecdsa-sha2-nistp384 AAAA1\n", encoding="utf-8")
     receipt.write_text(_pem(), encoding="utf-8")

@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from participant.cli import supernode_plan
-from participant.config import ParticipantConfig
+from fedadmet.cli.main import _mount, app
+from participant.config import ParticipantConfig, supernode_plan
 from protocols.errors import ConfigError, DeploymentError
-from simulations.cli import _mount, app
 
 
 def _init(tmp_path: Path) -> Path:

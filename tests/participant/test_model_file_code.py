@@ -26,9 +26,9 @@ from chem.mlflow_model import (
     with_missing_predictions,
 )
 from chem.models import build_model, get_weights
+from fedadmet.cli.main import _mount, app
 from participant.finetune import FineTuneOptions, run_finetune
 from protocols.errors import DataError
-from simulations.cli import _mount, app
 from tests.participant.site_factory import SiteKit, make_site
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from simulations.cli import _mount, app
+from fedadmet.cli.main import _mount, app
 from tests.participant.site_factory import make_site
 
 

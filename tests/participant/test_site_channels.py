@@ -188,7 +188,7 @@ def test_dropped_own_leaf_halts_after_limit(tmp_path: Path,
         second_round = site.train(kit.instruction(round=2, receipts=[first]), kit.global_weights)
     assert second_round.submission is not None, second_round.refusal
     assert any("DROPPED" in r.getMessage() for r in caplog.records)
-    from simulations.cli import _mount, app
+    from fedadmet.cli.main import _mount, app
 
     _mount()
     out = CliRunner().invoke(app, ["participant", "budget", "--config", str(kit.config_path),

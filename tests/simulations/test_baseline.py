@@ -8,8 +8,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from fedadmet.cli.main import _mount, app
 from simulations.baseline import BaselineConfig, parse_seeds, run_baseline
-from simulations.cli import _mount, app
 
 
 def test_parse_seeds() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from simulations.cli import _mount, app
+from fedadmet.cli.main import _mount, app
 from simulations.privacy_arm import audit_plan
 from simulations.scenario import load_scenario
 

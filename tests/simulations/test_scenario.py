@@ -149,14 +149,14 @@ def test_epsilon_override_replaces_a_dp_sweep() -> None:
 
 
 def test_sweep_output_folders_match_the_sweep_report() -> None:
-    from simulations.commands import _eps_dir
+    from simulations.report import eps_dir
 
-    assert [_eps_dir(r.epsilon) for r in load_scenario("dp-sweep").sweep()] == [
+    assert [eps_dir(r.epsilon) for r in load_scenario("dp-sweep").sweep()] == [
         "eps-1", "eps-3", "eps-8", "eps-inf"]
 
 
 def test_hidden_dims_override_is_parsed_and_checked() -> None:
-    from simulations.commands import _hidden_dims
+    from fedadmet.cli.simulate import _hidden_dims
 
     assert _hidden_dims("512,128") == (512, 128)
     with pytest.raises(ConfigError, match="hidden-dims"):

@@ -18,9 +18,9 @@ from typer.testing import CliRunner, Result
 from chem.mlflow_model import save_predictor_files
 from chem.models import build_model, get_weights
 from chem.standardize import MAX_SMILES_LENGTH
-from simulations.cli import _mount, app
+from fedadmet.cli.main import _mount, app
+from tests.fedadmet.cli_process import fedadmet
 from tests.participant.site_factory import SiteKit, make_site
-from tests.simulations.cli_process import fedadmet
 
 TOO_LONG = f"SMILES longer than {MAX_SMILES_LENGTH:,} characters"
 FIVE_MB = "Q" * 5_000_000

@@ -1,4 +1,4 @@
-"""Run the real ``fedadmet`` entry point (``simulations.cli.main``) in a subprocess.
+"""Run the real ``fedadmet`` entry point (``fedadmet.cli.main.main``) in a subprocess.
 
 Typer's runner calls the app without ``main``'s error handling; a subprocess
 sees what a user sees: the exit status and the one-paragraph ``error:`` line.
@@ -18,5 +18,5 @@ def fedadmet(*args: str, cwd: Path, timeout: float = 300.0) -> subprocess.Comple
     """``fedadmet ARGS`` from this checkout; bounded in time."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("FEDADMET_TRACEBACKS", None)
-    return subprocess.run([sys.executable, "-m", "simulations.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "fedadmet", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from chem.mlflow_model import save_predictor_files
 from chem.models import build_model, get_weights
-from simulations.cli import _mount, app
+from fedadmet.cli.main import _mount, app
 from tests.participant.site_factory import make_site
 
 

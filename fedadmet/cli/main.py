@@ -1,8 +1,9 @@
-"""The ``fedadmet`` command line: one entry point, one group per role.
+"""The ``fedadmet`` command line: one entry point, one module per command group.
 
-Each group lives next to the code it drives (``participant.cli``,
-``coordinator.cli``, ``participant.audit_cli``, ``simulations.commands``);
-this module only mounts them and turns :class:`FedAdmetError` into a readable
+``fedadmet coordinator`` (:mod:`fedadmet.cli.coordinator`), ``fedadmet participant``
+(:mod:`fedadmet.cli.participant`), ``fedadmet audit`` (:mod:`fedadmet.cli.audit`),
+``fedadmet baseline`` and ``fedadmet simulate`` (:mod:`fedadmet.cli.simulate`).
+This module only mounts them and turns :class:`FedAdmetError` into a readable
 message and a non-zero exit code instead of a traceback.
 """
 
@@ -33,10 +34,10 @@ def _mount() -> None:
     if _mounted:
         return
     _mounted = True
-    from coordinator.cli import app as coordinator_app
-    from participant.audit_cli import app as audit_app
-    from participant.cli import app as participant_app
-    from simulations.commands import register
+    from fedadmet.cli.audit import app as audit_app
+    from fedadmet.cli.coordinator import app as coordinator_app
+    from fedadmet.cli.participant import app as participant_app
+    from fedadmet.cli.simulate import register
 
     app.add_typer(participant_app, name="participant")
     app.add_typer(coordinator_app, name="coordinator")

@@ -1,10 +1,11 @@
-"""``fedadmet coordinator``: commands the consortium operator types.
+"""A coordinator directory and what the operator's commands do with it.
 
 A coordinator directory holds ``coordinator.toml`` (where the SuperLink listens and its
 TLS files), ``federation.toml`` (what the ServerApp runs: :class:`FederationConfig`),
 ``members.json``, ``receipt_key.pem``, ``tls/`` and ``state/``. The run is the bundle in
 ``coordinator/fab`` (configuration only; the installed fedadmet's apps), submitted over
-loopback with ``config=<federation.toml>`` as run config.
+loopback with ``config=<federation.toml>`` as run config. ``fedadmet coordinator``
+(:mod:`fedadmet.cli.coordinator`) parses, prints and exits; the work is here.
 """
 
 from __future__ import annotations
@@ -13,15 +14,14 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
-import sys
 import tomllib
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 
-import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator import checkpoint
@@ -33,8 +33,23 @@ from coordinator.superlink import SuperLinkPlan, start_superlink, wait_healthy, 
 from protocols.errors import DeploymentError
 from protocols.signing import fingerprint, load_public_key, private_key_pem
 
-app = typer.Typer(help="Run the consortium coordinator (SuperLink + ServerApp).",
-                  no_args_is_help=True)
+__all__ = [
+    "CONNECTION",
+    "DEPLOYMENT_NAME",
+    "FAB_DIR",
+    "FEDERATION_NAME",
+    "CoordinatorServices",
+    "Deployment",
+    "NewDeployment",
+    "check_resume",
+    "federation_toml",
+    "init_deployment",
+    "register_member",
+    "run_command",
+    "run_status",
+    "split_address",
+    "stream_run",
+]
 
 DEPLOYMENT_NAME = "coordinator.toml"
 FEDERATION_NAME = "federation.toml"
@@ -43,7 +58,8 @@ CONNECTION = "fedadmet"
 _STARTED = re.compile(r"Successfully started run (\d+)")
 
 
-def _split(address: str) -> tuple[str, int]:
+def split_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 hosts in brackets) as ``(host, port)``."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise DeploymentError("address must be HOST:PORT", got=address,
@@ -96,9 +112,14 @@ class Deployment:
         return {**os.environ, "FLWR_HOME": str(self.flwr_home),
                 "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 
+    def superlink_plan(self) -> SuperLinkPlan:
+        return SuperLinkPlan(port=self.port, state_dir=self.state_dir, ca_cert=self.ca_cert,
+                             server_cert=self.server_cert, server_key=self.server_key)
 
-def _federation_toml(*, rounds: int, round_timeout: float, min_participants: int,
-                     endpoints: list[str]) -> str:
+
+def federation_toml(*, rounds: int, round_timeout: float, min_participants: int,
+                    endpoints: list[str]) -> str:
+    """The ``federation.toml`` that ``init`` writes; endpoints as ``NAME:TASK``."""
     lines = ["[federation]", f'id = "{uuid.uuid4()}"', f"rounds = {rounds}",
              f"min-participants = {min_participants}", f"round-timeout = {round_timeout}",
              'state-dir = "state"', 'members = "members.json"',
@@ -112,17 +133,24 @@ def _federation_toml(*, rounds: int, round_timeout: float, min_participants: int
     return "\n".join(lines)
 
 
-@app.command()
-def init(directory: Path, public_address: str | None = typer.Option(None),
-         port: int = typer.Option(9443, help="loopback SuperLink port"),
-         rounds: int = typer.Option(3), round_timeout: float = typer.Option(600.0),
-         min_participants: int = typer.Option(2),
-         endpoint: list[str] = typer.Option(..., help="consortium endpoint NAME:TASK")) -> None:
+@dataclass(frozen=True)
+class NewDeployment:
+    """What ``init`` created, for the operator to hand on."""
+
+    deployment_toml: Path
+    federation_toml: Path
+    ca_cert: Path
+    receipt_fingerprint: str
+
+
+def init_deployment(directory: Path, *, public_address: str | None, port: int, rounds: int,
+                    round_timeout: float, min_participants: int,
+                    endpoints: list[str]) -> NewDeployment:
     """Create the CA, TLS server certificate, receipt key, coordinator.toml, federation.toml."""
     directory = directory.resolve()
-    host = _split(public_address)[0] if public_address else None
-    fed_text = _federation_toml(rounds=rounds, round_timeout=round_timeout,
-                                min_participants=min_participants, endpoints=endpoint)
+    host = split_address(public_address)[0] if public_address else None
+    fed_text = federation_toml(rounds=rounds, round_timeout=round_timeout,
+                               min_participants=min_participants, endpoints=endpoints)
     tls = create_pki(directory / "tls", public_host=host)
     receipt = Ed25519PrivateKey.generate()
     write_atomic(directory / "receipt_key.pem", private_key_pem(receipt), mode=0o600)
@@ -136,28 +164,17 @@ def init(directory: Path, public_address: str | None = typer.Option(None),
         f'server-key = "{tls.server_key.relative_to(directory)}"\n').encode())
     write_atomic(directory / FEDERATION_NAME, fed_text.encode())
     FederationConfig.load(directory / FEDERATION_NAME)  # what we wrote must load
-    typer.echo(f"Created {directory / DEPLOYMENT_NAME} and {directory / FEDERATION_NAME}")
-    typer.echo(f"Give members the CA certificate: {tls.ca_cert}")
-    typer.echo(f"Coordinator receipt key fingerprint: {fingerprint(receipt)}")
+    return NewDeployment(directory / DEPLOYMENT_NAME, directory / FEDERATION_NAME, tls.ca_cert,
+                         fingerprint(receipt))
 
 
-@app.command()
-def enroll(public_key: Path, name: str = typer.Option(...),
-           receipt_key: Path = typer.Option(...),
-           max_epsilon: float | None = typer.Option(
-               None, min=0.0, help="the member's declared privacy budget ε (default: none "
-               "beyond the plan's target-epsilon)"),
-           max_examples: int | None = typer.Option(
-               None, min=1, help="the member's example cap (default: admission.max-num-examples)"),
-           directory: Path = typer.Option(Path("."), "--dir")) -> None:
+def register_member(dep: Deployment, public_key: Path, *, name: str, receipt_key: Path,
+                    max_epsilon: float | None, max_examples: int | None) -> str:
     """Register a member's node key with the SuperLink (loopback) and record it.
 
     Duplicates (name, node key or receipt key) are refused before the SuperLink is
-    touched. ``--max-epsilon`` and ``--max-examples`` are fixed here by the operator:
-    admission rejects a claimed ε above the first, weighting and the update-norm bound
-    use the second.
+    touched. Returns what ``flwr supernode register`` printed.
     """
-    dep = Deployment.load(directory)
     fed = FederationConfig.load(dep.directory / FEDERATION_NAME)
     if fed.members_file is None:
         raise DeploymentError("federation.toml names no members file",
@@ -176,8 +193,7 @@ def enroll(public_key: Path, name: str = typer.Option(...),
     enroll_member(fed.members_file, name=name, node_key=node_key, receipt_key_pem=receipt_pem,
                   max_epsilon=math.inf if max_epsilon is None else max_epsilon,
                   max_examples=max_examples)
-    typer.echo(done.stdout.strip())
-    typer.echo(f"Enrolled {name}.")
+    return done.stdout.strip()
 
 
 def check_resume(cfg: FederationConfig, *, resume: bool) -> int:
@@ -212,88 +228,70 @@ def run_status(dep: Deployment, run_id: int) -> str:
         return f"unknown ({(done.stdout + done.stderr).strip()[-300:]})"
 
 
-def _submit(dep: Deployment, config: Path, *, resume: bool, app_dir: Path) -> int:
-    """Run the federation, stream its log, and exit 0 only if the run completed.
+def stream_run(dep: Deployment, config: Path, *, app_dir: Path,
+               on_line: Callable[[str], None]) -> tuple[int | None, int]:
+    """``flwr run --stream``, each log line to ``on_line``: (run id or None, exit status).
 
     ``flwr run --stream`` exits 0 however the run ended (a ServerApp that raised
-    included), so the run's final status is asked of the SuperLink afterwards.
+    included), so callers ask :func:`run_status` for the run's final status.
     """
-    cfg = FederationConfig.load(config)
-    done = check_resume(cfg, resume=resume)
-    if resume:
-        typer.echo(f"Resuming federation {cfg.federation_id} after round {done}.")
     run_id: int | None = None
     with subprocess.Popen(run_command(config, app_dir=app_dir), env=dep.env(),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           bufsize=1) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
+            on_line(line)
             found = _STARTED.search(line)
             if found and run_id is None:
                 run_id = int(found.group(1))
-    if run_id is None:
-        typer.echo("fedadmet: the SuperLink did not start the run (see above).", err=True)
-        return proc.returncode or 1
-    status = run_status(dep, run_id)
-    if status != "finished:completed":
-        typer.echo(f"fedadmet: run {run_id} of federation {cfg.federation_id} ended as "
-                   f"{status}; resume it with `fedadmet coordinator run --resume`.", err=True)
-        return 1
-    typer.echo(f"fedadmet: run {run_id} of federation {cfg.federation_id} completed.")
-    return 0
+    return run_id, proc.returncode
 
 
-@app.command()
-def run(directory: Path = typer.Option(Path("."), "--dir"),
-        config: Path | None = typer.Option(None, help="federation.toml (default: --dir's)"),
-        resume: bool = typer.Option(False, help="continue from the last checkpoint"),
-        app_dir: Path = typer.Option(FAB_DIR, help="Flower app to run")) -> None:
-    """Submit the federation to the running SuperLink (loopback) and stream its log."""
-    dep = Deployment.load(directory)
-    raise typer.Exit(_submit(dep, config or dep.directory / FEDERATION_NAME, resume=resume,
-                             app_dir=app_dir))
+@dataclass
+class CoordinatorServices:
+    """The loopback SuperLink and, for a public address, the fleet-only nginx in front.
 
+    Each runs in its own session; leaving the ``with`` block ends every process group
+    (TERM, then KILL after 10 s), so none outlives the command.
+    """
 
-@app.command()
-def start(directory: Path = typer.Option(Path("."), "--dir"),
-          run_federation: bool = typer.Option(False, "--run",
-                                              help="also run federation.toml, then stop"),
-          resume: bool = typer.Option(False, help="run, continuing from the last checkpoint"),
-          app_dir: Path = typer.Option(FAB_DIR, help="Flower app to run"),
-          health_timeout: float = typer.Option(60.0)) -> None:
-    """Run the loopback SuperLink (+ fleet-only nginx if public), optionally the federation."""
-    dep = Deployment.load(directory)
-    # SIGTERM (systemd stop, kill) must run the finally below: the SuperLink and nginx
-    # live in their own sessions and would otherwise outlive this command.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    plan = SuperLinkPlan(port=dep.port, state_dir=dep.state_dir, ca_cert=dep.ca_cert,
-                         server_cert=dep.server_cert, server_key=dep.server_key)
-    env = dep.env()
-    procs = [start_superlink(plan, log_path=dep.state_dir / "superlink.log", env=env)]
-    try:
-        wait_healthy(port=dep.port, ca_cert=plan.ca_cert, timeout_s=health_timeout,
-                     proc=procs[0])
-        typer.echo(f"SuperLink listening on 127.0.0.1:{dep.port} (loopback only).", err=True)
-        if dep.public_address:
-            _host, pport = _split(dep.public_address)
-            prefix = dep.state_dir / "nginx"
-            conf = write_nginx_config(prefix, listen_host="0.0.0.0", listen_port=pport,
-                                      upstream_port=dep.port, server_cert=plan.server_cert,
-                                      server_key=plan.server_key, ca_cert=plan.ca_cert)
-            procs.append(start_nginx(conf, prefix, log_path=dep.state_dir / "nginx.log"))
-            typer.echo(f"Members connect to {dep.public_address} (Fleet API only) with CA "
-                       f"{plan.ca_cert} and their enrolled node key.", err=True)
-        if run_federation or resume:
-            raise typer.Exit(_submit(dep, dep.directory / FEDERATION_NAME, resume=resume,
-                                     app_dir=app_dir))
-        procs[0].wait()
-    finally:
-        for proc in reversed(procs):
+    dep: Deployment
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start_superlink(self, *, health_timeout: float) -> None:
+        plan = self.dep.superlink_plan()
+        self.procs.append(start_superlink(plan, log_path=self.dep.state_dir / "superlink.log",
+                                          env=self.dep.env()))
+        wait_healthy(port=self.dep.port, ca_cert=plan.ca_cert, timeout_s=health_timeout,
+                     proc=self.procs[0])
+
+    def start_proxy(self) -> None:
+        """nginx on the public address, forwarding the Fleet API only."""
+        assert self.dep.public_address is not None
+        _host, pport = split_address(self.dep.public_address)
+        prefix = self.dep.state_dir / "nginx"
+        conf = write_nginx_config(prefix, listen_host="0.0.0.0", listen_port=pport,
+                                  upstream_port=self.dep.port, server_cert=self.dep.server_cert,
+                                  server_key=self.dep.server_key, ca_cert=self.dep.ca_cert)
+        self.procs.append(start_nginx(conf, prefix, log_path=self.dep.state_dir / "nginx.log"))
+
+    def wait(self) -> None:
+        """Until the SuperLink exits."""
+        self.procs[0].wait()
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
             if proc.poll() is None:
                 os.killpg(proc.pid, 15)
                 try:
                     proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, 9)
+
+    def __enter__(self) -> CoordinatorServices:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

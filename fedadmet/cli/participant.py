@@ -2,7 +2,8 @@
 
 Every command reads the site's ``participant.toml`` through
 :class:`participant.config.ParticipantConfig` (one schema; ``init`` writes a
-template that loads as is).
+template that loads as is: :mod:`participant.site_folder`). Parsing, printing
+and exit codes only; the work is in :mod:`participant`.
 """
 
 from __future__ import annotations
@@ -11,103 +12,23 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import typer
 
-from participant.config import ParticipantConfig
-from participant.keys import create_member_keys
-from protocols.errors import ConfigError, DeploymentError
+from participant.config import ParticipantConfig, supernode_plan
+from participant.site_folder import init_site
+from protocols.errors import ConfigError
 
 if TYPE_CHECKING:
     from chem.standardize import InvalidRow
-    from participant.daemon import SuperNodePlan
-    from participant.ledger import PrivacyLedger
 
 app = typer.Typer(help="Run a member company's participant daemon, fine-tune and predict "
                   "on site.", no_args_is_help=True)
 
 _CONFIG_HELP = "The site's participant.toml."
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _toml_str(value: str | Path) -> str:
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
-def participant_template(*, name: str, coordinator: str, root_certificate: str | Path,
-                         local_port: int = 9094) -> str:
-    """The ``participant.toml`` that ``init`` writes; paths relative to the site folder."""
-    return f"""\
-# This site's configuration. Nothing in it, and nothing it points to, leaves your site.
-# Relative paths are resolved against this file's folder. Fill in [data] and [endpoints].
-
-[participant]
-name = {_toml_str(name)}
-state-dir = "state"
-# Your privacy budget: a round that would take the spent epsilon past it is refused.
-max-epsilon = 8.0
-delta = 1e-5
-receipt-key = "keys/receipt_key.pem"
-# The coordinator's receipt-signing public key, given to you at enrolment.
-coordinator-key = "keys/coordinator_receipt.pub.pem"
-# MLflow store for fine-tuning (local only); default: sqlite in the state dir.
-# tracking-uri = "sqlite:////opt/fl/state/mlflow.db"
-# Halt after this many rounds whose spent update the coordinator's receipt marks dropped.
-max-dropped-rounds = 2
-
-[coordinator]
-address = {_toml_str(coordinator)}
-root-certificate = {_toml_str(root_certificate)}
-node-key = "keys/node_key"
-# The SuperNode's local runtime port; different for each SuperNode on one host.
-local-port = {local_port}
-# Seconds between the SuperExec's checks for a new task (Flower's default is 1.0);
-# each federated message waits for the next check.
-task-poll-interval = 0.2
-# Code pinning: by default the daemon runs only ClientApp code identical to the
-# installed fedadmet. To pin exact bundles instead, add a table (docs/deployment.md):
-# [code-pin]
-# fab-sha256 = ["<sha256 of the FAB your operator announced>"]
-
-[data]
-files = ["data/assays.csv"]
-smiles-column = "smiles"
-valid-fraction = 0.15
-split-seed = 0
-
-# One table per endpoint: [endpoints.<federation endpoint name>]
-[endpoints.lipophilicity]
-column = "logD"
-task = "regression"
-
-[training]
-finetune-epochs = 100
-finetune-patience = 10
-finetune-lr = 0.001
-trunk-lr-factor = 0.1
-# DP batches and noise from a CSPRNG (Opacus's secure_mode); slower, off by default.
-secure-mode = false
-
-# Federated evaluation (docs/threat-model.md): "noised" sends bounded held-out metrics
-# with Gaussian noise, charged to your ledger; "local" sends none and only logs them.
-[evaluation]
-release = "noised"
-noise-multiplier = 10.0
-"""
 
 
 @app.command()
@@ -118,37 +39,12 @@ def init(directory: Path,
          local_port: int = typer.Option(9094, help="the SuperNode's local runtime port")
          ) -> None:
     """Create the node key pair, the receipt-signing key and a participant.toml template."""
-    toml = directory / "participant.toml"
-    if toml.exists():
-        raise DeploymentError("participant.toml already exists; not overwriting it",
-                              got=str(toml))
-    text = participant_template(
-        name=directory.resolve().name, coordinator=coordinator, local_port=local_port,
-        root_certificate=root_certificate.resolve() if root_certificate else "ca.crt")
-    # the template must load as it is: a typo here would greet every new member
-    ParticipantConfig.from_mapping(tomllib.loads(text),
-                                   base_dir=directory.resolve())
-    keys = create_member_keys(directory / "keys")
-    _write_text(toml, text)
+    toml, keys = init_site(directory, coordinator=coordinator, root_certificate=root_certificate,
+                           local_port=local_port)
     typer.echo(f"Wrote {toml}")
     typer.echo("Send these to the consortium operator:")
     typer.echo(f"  node public key:    {keys.node_pub} ({keys.node_fingerprint})")
     typer.echo(f"  receipt public key: {keys.receipt_pub} ({keys.receipt_fingerprint})")
-
-
-def supernode_plan(cfg: ParticipantConfig) -> SuperNodePlan:
-    """The daemon's plan from the ``[coordinator]`` table of a loaded config."""
-    from participant.daemon import SuperNodePlan
-
-    coord = cfg.require_coordinator()
-    if cfg.source is None:
-        raise ConfigError("config", "has no file to hand to the SuperNode",
-                          fix="load it with ParticipantConfig.load(path)")
-    return SuperNodePlan(superlink=coord.address, root_certificates=coord.root_certificate,
-                         node_key=coord.node_key, port=coord.local_port,
-                         node_config={"config": str(cfg.source), "state-dir": str(cfg.state_dir)},
-                         code_pin=coord.code_pin, task_poll_interval=coord.task_poll_interval,
-                         unsafe_run_unpinned_code=coord.unsafe_run_unpinned_code)
 
 
 @app.command()
@@ -174,18 +70,11 @@ def budget(config: Path = typer.Option(Path("participant.toml"), "--config", hel
     from rich.console import Console
     from rich.table import Table
 
-    from participant.ledger import PrivacyLedger
-    from participant.receipt_store import ReceiptStore
+    from participant.budget import read_budget
 
     cfg = ParticipantConfig.load(config)
-    path = cfg.state_dir / "privacy_ledger.json"
-    stored = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    accountant: Literal["rdp", "prv"] = "prv" if stored.get("accountant") == "prv" else "rdp"
-    ledger = PrivacyLedger.open(cfg.state_dir, max_epsilon=cfg.max_epsilon, delta=cfg.delta,
-                                accountant=accountant)
-    store = ReceiptStore(cfg.state_dir)
-    head = store.head()
-    dropped = _dropped_rounds(cfg, ledger)
+    site = read_budget(cfg)
+    ledger, head, dropped, accountant = site.ledger, site.head, site.dropped, site.accountant
     if as_json:
         typer.echo(json.dumps({"summary": ledger.summary(), "rounds": ledger.rounds(),
                                "receipt_head": None if head is None else asdict(head),
@@ -213,20 +102,9 @@ def budget(config: Path = typer.Option(Path("participant.toml"), "--config", hel
         console.print(f"receipt chain head: round {head.round} of {head.federation_id}, "
                       f"{head.receipt_hash}", soft_wrap=True, markup=False)
         key = cfg.coordinator_key or "COORDINATOR_KEY"
-        console.print(f"check any copy of the chain: fedadmet audit verify {store.dir} "
+        console.print(f"check any copy of the chain: fedadmet audit verify {site.receipts_dir} "
                       f"--coordinator-key {key} --expect-head {head.receipt_hash}", soft_wrap=True,
                       markup=False)
-
-
-def _dropped_rounds(cfg: ParticipantConfig, ledger: PrivacyLedger) -> list[int]:
-    """Rounds whose verified receipt drops an update this site spent ε on."""
-    from participant.receipt_store import ReceiptStore
-    from protocols.signing import fingerprint, load_private_key
-
-    if cfg.receipt_key is None or not cfg.receipt_key.exists():
-        return []
-    own = fingerprint(load_private_key(cfg.receipt_key.read_bytes()))
-    return ReceiptStore(cfg.state_dir).dropped_after_submit(own, ledger.spent_rounds())
 
 
 def _require_file(path: Path, flag: str, encoding: str | None) -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from fedadmet.cli.main import _mount, app
 from participant.ledger import PrivacyLedger
 from protocols.errors import ConfigError
 from protocols.receipts import verify_chain
 from protocols.signing import load_public_key
-from simulations.cli import _mount, app
 from simulations.scenario import load_scenario
 
 

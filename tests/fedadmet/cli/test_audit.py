@@ -7,9 +7,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from fedadmet.cli.main import _mount, app
 from protocols.receipts import RoundReceipt
 from protocols.signing import public_key_pem
-from simulations.cli import _mount, app
 from tests.protocols.factories import COORDINATOR, chain, key
 
 

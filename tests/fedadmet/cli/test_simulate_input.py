@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner, Result
 
-from simulations.cli import _mount, app
+from fedadmet.cli.main import _mount, app
+from tests.fedadmet.cli_process import fedadmet
 from tests.participant.site_factory import sample_molecules
-from tests.simulations.cli_process import fedadmet
 
 SCENARIO = """\
 name = "messy"

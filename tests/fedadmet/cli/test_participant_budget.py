@@ -7,8 +7,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from fedadmet.cli.main import _mount, app
 from participant.ledger import PrivacyLedger
-from simulations.cli import _mount, app
 
 
 def _site(tmp_path: Path) -> Path:

@@ -1,0 +1,5 @@
+"""``python -m fedadmet``: the same as the ``fedadmet`` command."""
+
+from fedadmet.cli.main import main
+
+main()
