@@ -10,11 +10,14 @@ loopback with ``config=<federation.toml>`` as run config. ``fedadmet coordinator
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import socket
 import subprocess
+import time
 import tomllib
 import uuid
 from collections.abc import Callable
@@ -78,6 +81,9 @@ class Deployment:
     server_cert: Path
     server_key: Path
     public_address: str | None = None
+    # Where nginx binds (HOST:PORT); default: the public address itself. "0.0.0.0:443"
+    # (or "[::]:443") binds every interface, for a host behind NAT or a load balancer.
+    listen_address: str | None = None
 
     @classmethod
     def load(cls, directory: Path) -> Deployment:
@@ -90,12 +96,14 @@ class Deployment:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
         try:
             public = raw.get("public-address")
+            listen = raw.get("listen-address")
             return cls(directory=directory, port=int(raw["superlink-port"]),
                        state_dir=directory / str(raw["state-dir"]),
                        ca_cert=directory / str(raw["ca-cert"]),
                        server_cert=directory / str(raw["server-cert"]),
                        server_key=directory / str(raw["server-key"]),
-                       public_address=str(public) if public else None)
+                       public_address=str(public) if public else None,
+                       listen_address=str(listen) if listen else None)
         except (KeyError, ValueError) as exc:
             raise DeploymentError("coordinator.toml is incomplete", got=repr(exc),
                                   fix="recreate it with `fedadmet coordinator init`") from None
@@ -111,6 +119,14 @@ class Deployment:
                         connection=CONNECTION)
         return {**os.environ, "FLWR_HOME": str(self.flwr_home),
                 "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+    def proxy_listen(self) -> tuple[str, int]:
+        """Where nginx binds: ``listen-address``, else the public address's host and port."""
+        where = self.listen_address or self.public_address
+        if where is None:
+            raise DeploymentError("no public address: nothing for nginx to listen on",
+                                  fix="pass --public-address HOST:PORT to `coordinator init`")
+        return split_address(where)
 
     def superlink_plan(self) -> SuperLinkPlan:
         return SuperLinkPlan(port=self.port, state_dir=self.state_dir, ca_cert=self.ca_cert,
@@ -145,10 +161,15 @@ class NewDeployment:
 
 def init_deployment(directory: Path, *, public_address: str | None, port: int, rounds: int,
                     round_timeout: float, min_participants: int,
-                    endpoints: list[str]) -> NewDeployment:
+                    endpoints: list[str], listen_address: str | None = None) -> NewDeployment:
     """Create the CA, TLS server certificate, receipt key, coordinator.toml, federation.toml."""
     directory = directory.resolve()
     host = split_address(public_address)[0] if public_address else None
+    if listen_address is not None:
+        if public_address is None:
+            raise DeploymentError("--listen-address needs --public-address",
+                                  got=listen_address, fix="give the address members dial too")
+        split_address(listen_address)
     fed_text = federation_toml(rounds=rounds, round_timeout=round_timeout,
                                min_participants=min_participants, endpoints=endpoints)
     tls = create_pki(directory / "tls", public_host=host)
@@ -156,6 +177,8 @@ def init_deployment(directory: Path, *, public_address: str | None, port: int, r
     write_atomic(directory / "receipt_key.pem", private_key_pem(receipt), mode=0o600)
     (directory / "state").mkdir(parents=True, exist_ok=True)
     public = f'public-address = "{public_address}"\n' if public_address else ""
+    if listen_address:
+        public += f'listen-address = "{listen_address}"\n'
     write_atomic(directory / DEPLOYMENT_NAME, (
         f"superlink-port = {port}\n{public}"
         'state-dir = "state"\n'
@@ -268,13 +291,15 @@ class CoordinatorServices:
 
     def start_proxy(self) -> None:
         """nginx on the public address, forwarding the Fleet API only."""
-        assert self.dep.public_address is not None
-        _host, pport = split_address(self.dep.public_address)
+        host, pport = self.dep.proxy_listen()
         prefix = self.dep.state_dir / "nginx"
-        conf = write_nginx_config(prefix, listen_host="0.0.0.0", listen_port=pport,
+        conf = write_nginx_config(prefix, listen_host=host, listen_port=pport,
                                   upstream_port=self.dep.port, server_cert=self.dep.server_cert,
                                   server_key=self.dep.server_key, ca_cert=self.dep.ca_cert)
-        self.procs.append(start_nginx(conf, prefix, log_path=self.dep.state_dir / "nginx.log"))
+        log_path = self.dep.state_dir / "nginx.log"
+        nginx = start_nginx(conf, prefix, log_path=log_path)
+        self.procs.append(nginx)
+        _wait_listening(nginx, host, pport, log_path=log_path)
 
     def wait(self) -> None:
         """Until the SuperLink exits."""
@@ -295,3 +320,22 @@ class CoordinatorServices:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], host: str, port: int, *, log_path: Path,
+                    timeout_s: float = 30.0) -> None:
+    """Until nginx accepts on ``host:port`` (bounded); its own error if it exited."""
+    dial = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-600:] if log_path.exists() else ""
+            raise DeploymentError(f"nginx could not listen on {host}:{port}", got=tail,
+                                  fix="use an address of this host, or bind every interface "
+                                  "deliberately: `coordinator init ... --listen-address "
+                                  f"0.0.0.0:{port}` (listen-address in coordinator.toml)")
+        with contextlib.suppress(OSError), socket.create_connection((dial, port), timeout=1):
+            return
+        time.sleep(0.2)
+    raise DeploymentError("nginx did not start listening in time", got=f"{host}:{port}",
+                          expected=f"a connection within {timeout_s:.0f} s", fix=f"read {log_path}")

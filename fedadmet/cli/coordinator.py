@@ -30,7 +30,10 @@ app = typer.Typer(help="Run the consortium coordinator (SuperLink + ServerApp)."
 
 
 @app.command()
-def init(directory: Path, public_address: str | None = typer.Option(None),
+def init(directory: Path, public_address: str | None = typer.Option(
+             None, help="HOST:PORT members dial; nginx binds that host"),
+         listen_address: str | None = typer.Option(
+             None, help="HOST:PORT nginx binds instead (0.0.0.0:443 for every interface)"),
          port: int = typer.Option(9443, help="loopback SuperLink port"),
          rounds: int = typer.Option(3), round_timeout: float = typer.Option(600.0),
          min_participants: int = typer.Option(2),
@@ -38,7 +41,7 @@ def init(directory: Path, public_address: str | None = typer.Option(None),
     """Create the CA, TLS server certificate, receipt key, coordinator.toml, federation.toml."""
     new = init_deployment(directory, public_address=public_address, port=port, rounds=rounds,
                           round_timeout=round_timeout, min_participants=min_participants,
-                          endpoints=endpoint)
+                          endpoints=endpoint, listen_address=listen_address)
     typer.echo(f"Created {new.deployment_toml} and {new.federation_toml}")
     typer.echo(f"Give members the CA certificate: {new.ca_cert}")
     typer.echo(f"Coordinator receipt key fingerprint: {new.receipt_fingerprint}")
