@@ -34,20 +34,23 @@ from coordinator.pki import create_pki, write_atomic
 from coordinator.proxy import start_nginx, write_nginx_config
 from coordinator.superlink import SuperLinkPlan, start_superlink, wait_healthy, write_flwr_home
 from protocols.errors import DeploymentError
-from protocols.signing import fingerprint, load_public_key, private_key_pem
+from protocols.signing import fingerprint, load_public_key, private_key_pem, public_key_pem
 
 __all__ = [
     "CONNECTION",
     "DEPLOYMENT_NAME",
     "FAB_DIR",
     "FEDERATION_NAME",
+    "RECEIPT_PUBLIC_KEY",
     "CoordinatorServices",
     "Deployment",
     "NewDeployment",
     "check_resume",
     "federation_toml",
+    "finished",
     "init_deployment",
     "register_member",
+    "resume_advice",
     "run_command",
     "run_status",
     "split_address",
@@ -55,6 +58,7 @@ __all__ = [
 ]
 
 DEPLOYMENT_NAME = "coordinator.toml"
+RECEIPT_PUBLIC_KEY = "receipt_key.pub.pem"  # what members verify receipts with
 FEDERATION_NAME = "federation.toml"
 FAB_DIR = Path(__file__).resolve().parent / "fab"
 CONNECTION = "fedadmet"
@@ -157,6 +161,7 @@ class NewDeployment:
     federation_toml: Path
     ca_cert: Path
     receipt_fingerprint: str
+    receipt_public_key: Path
 
 
 def init_deployment(directory: Path, *, public_address: str | None, port: int, rounds: int,
@@ -175,6 +180,7 @@ def init_deployment(directory: Path, *, public_address: str | None, port: int, r
     tls = create_pki(directory / "tls", public_host=host)
     receipt = Ed25519PrivateKey.generate()
     write_atomic(directory / "receipt_key.pem", private_key_pem(receipt), mode=0o600)
+    write_atomic(directory / RECEIPT_PUBLIC_KEY, public_key_pem(receipt), mode=0o644)
     (directory / "state").mkdir(parents=True, exist_ok=True)
     public = f'public-address = "{public_address}"\n' if public_address else ""
     if listen_address:
@@ -188,7 +194,7 @@ def init_deployment(directory: Path, *, public_address: str | None, port: int, r
     write_atomic(directory / FEDERATION_NAME, fed_text.encode())
     FederationConfig.load(directory / FEDERATION_NAME)  # what we wrote must load
     return NewDeployment(directory / DEPLOYMENT_NAME, directory / FEDERATION_NAME, tls.ca_cert,
-                         fingerprint(receipt))
+                         fingerprint(receipt), directory / RECEIPT_PUBLIC_KEY)
 
 
 def register_member(dep: Deployment, public_key: Path, *, name: str, receipt_key: Path,
@@ -228,9 +234,29 @@ def check_resume(cfg: FederationConfig, *, resume: bool) -> int:
                               got=f"round {done} in {cfg.state_dir}",
                               fix="pass --resume to continue it from that round")
     if ckpt is None and resume:
-        raise DeploymentError("nothing to resume: no checkpoint", got=str(cfg.state_dir),
-                              fix="start the federation without --resume")
+        raise DeploymentError("nothing to resume: no round of this federation was "
+                              "checkpointed", got=str(cfg.state_dir),
+                              fix="run it from the start: `fedadmet coordinator run` "
+                              "without --resume")
     return done
+
+
+def resume_advice(cfg: FederationConfig) -> str:
+    """What to type after a run that did not complete: only what ``run`` will accept."""
+    ckpt = checkpoint.latest(cfg.state_dir)
+    if ckpt is None:
+        return ("no round was checkpointed, so there is nothing to resume: run it again "
+                "with `fedadmet coordinator run` (without --resume)")
+    if ckpt.round >= cfg.rounds:
+        return f"all {cfg.rounds} rounds are checkpointed: nothing is left to run"
+    return (f"round {ckpt.round} of {cfg.rounds} is checkpointed: continue with "
+            "`fedadmet coordinator run --resume`")
+
+
+def finished(cfg: FederationConfig) -> bool:
+    """Whether every planned round of ``cfg`` is checkpointed."""
+    ckpt = checkpoint.latest(cfg.state_dir)
+    return ckpt is not None and ckpt.round >= cfg.rounds
 
 
 def run_command(config: Path, *, app_dir: Path = FAB_DIR) -> list[str]:
