@@ -60,6 +60,7 @@ __all__ = [
     "load_predictor",
     "log_predictor",
     "save_predictor_files",
+    "with_missing_predictions",
 ]
 
 SMILES_COLUMN = "smiles"
@@ -165,11 +166,25 @@ class SmilesPredictor(PythonModel):
 
     def predict(self, context: PythonModelContext, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """One row per input SMILES: endpoint columns, ``valid`` and ``error``."""
+        """One row per input SMILES: endpoint columns, ``valid`` and ``error``.
+
+        Endpoint columns are nullable (``Float64``): an invalid row's prediction is
+        missing, which ``mlflow models serve`` writes as JSON ``null``; a float NaN
+        would be written as a bare ``NaN``, which strict JSON parsers reject.
+        """
         if self.predictor is None:
             raise ConfigError("predictor", "the model was used before load_context ran",
                               fix="load it with mlflow.pyfunc.load_model or load_predictor")
-        return self.predictor.predict(model_input)
+        return with_missing_predictions(self.predictor.predict(model_input))
+
+
+def with_missing_predictions(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every float column nullable ``Float64`` (NaN becomes missing)."""
+    out = frame.copy()
+    for name in out.columns:
+        if pd.api.types.is_float_dtype(out[name].dtype):
+            out[name] = out[name].astype("Float64")
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)

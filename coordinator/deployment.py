@@ -10,11 +10,14 @@ loopback with ``config=<federation.toml>`` as run config. ``fedadmet coordinator
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,20 +35,23 @@ from coordinator.superlink import SuperLinkPlan, start_superlink, wait_healthy, 
 from protocols.atomic_files import PRIVATE, PUBLIC, write_bytes
 from protocols.errors import DeploymentError
 from protocols.settings import ConfigPaths, Table, read_toml
-from protocols.signing import fingerprint, load_public_key, private_key_pem
+from protocols.signing import fingerprint, load_public_key, private_key_pem, public_key_pem
 
 __all__ = [
     "CONNECTION",
     "DEPLOYMENT_NAME",
     "FAB_DIR",
     "FEDERATION_NAME",
+    "RECEIPT_PUBLIC_KEY",
     "CoordinatorServices",
     "Deployment",
     "NewDeployment",
     "check_resume",
     "federation_toml",
+    "finished",
     "init_deployment",
     "register_member",
+    "resume_advice",
     "run_command",
     "run_status",
     "split_address",
@@ -53,6 +59,7 @@ __all__ = [
 ]
 
 DEPLOYMENT_NAME = "coordinator.toml"
+RECEIPT_PUBLIC_KEY = "receipt_key.pub.pem"  # what members verify receipts with
 FEDERATION_NAME = "federation.toml"
 FAB_DIR = Path(__file__).resolve().parent / "fab"
 CONNECTION = "fedadmet"
@@ -79,6 +86,9 @@ class Deployment:
     server_cert: Path
     server_key: Path
     public_address: str | None = None
+    # Where nginx binds (HOST:PORT); default: the public address itself. "0.0.0.0:443"
+    # (or "[::]:443") binds every interface, for a host behind NAT or a load balancer.
+    listen_address: str | None = None
 
     @classmethod
     def load(cls, directory: Path) -> Deployment:
@@ -100,7 +110,8 @@ class Deployment:
                   ca_cert=paths(t.text("ca-cert", required=True)),
                   server_cert=paths(t.text("server-cert", required=True)),
                   server_key=paths(t.text("server-key", required=True)),
-                  public_address=t.optional_text("public-address"))
+                  public_address=t.optional_text("public-address"),
+                  listen_address=t.optional_text("listen-address"))
         t.finish()
         return dep
 
@@ -115,6 +126,14 @@ class Deployment:
                         connection=CONNECTION)
         return {**os.environ, "FLWR_HOME": str(self.flwr_home),
                 "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+    def proxy_listen(self) -> tuple[str, int]:
+        """Where nginx binds: ``listen-address``, else the public address's host and port."""
+        where = self.listen_address or self.public_address
+        if where is None:
+            raise DeploymentError("no public address: nothing for nginx to listen on",
+                                  fix="pass --public-address HOST:PORT to `coordinator init`")
+        return split_address(where)
 
     def superlink_plan(self) -> SuperLinkPlan:
         return SuperLinkPlan(port=self.port, state_dir=self.state_dir, ca_cert=self.ca_cert,
@@ -145,21 +164,30 @@ class NewDeployment:
     federation_toml: Path
     ca_cert: Path
     receipt_fingerprint: str
+    receipt_public_key: Path
 
 
 def init_deployment(directory: Path, *, public_address: str | None, port: int, rounds: int,
                     round_timeout: float, min_participants: int,
-                    endpoints: list[str]) -> NewDeployment:
+                    endpoints: list[str], listen_address: str | None = None) -> NewDeployment:
     """Create the CA, TLS server certificate, receipt key, coordinator.toml, federation.toml."""
     directory = directory.resolve()
     host = split_address(public_address)[0] if public_address else None
+    if listen_address is not None:
+        if public_address is None:
+            raise DeploymentError("--listen-address needs --public-address",
+                                  got=listen_address, fix="give the address members dial too")
+        split_address(listen_address)
     fed_text = federation_toml(rounds=rounds, round_timeout=round_timeout,
                                min_participants=min_participants, endpoints=endpoints)
     tls = create_pki(directory / "tls", public_host=host)
     receipt = Ed25519PrivateKey.generate()
     write_bytes(directory / "receipt_key.pem", private_key_pem(receipt), mode=PRIVATE)
+    write_bytes(directory / RECEIPT_PUBLIC_KEY, public_key_pem(receipt), mode=PUBLIC)
     (directory / "state").mkdir(parents=True, exist_ok=True)
     public = f'public-address = "{public_address}"\n' if public_address else ""
+    if listen_address:
+        public += f'listen-address = "{listen_address}"\n'
     write_bytes(directory / DEPLOYMENT_NAME, (
         f"superlink-port = {port}\n{public}"
         'state-dir = "state"\n'
@@ -169,7 +197,7 @@ def init_deployment(directory: Path, *, public_address: str | None, port: int, r
     write_bytes(directory / FEDERATION_NAME, fed_text.encode(), mode=PUBLIC)
     FederationConfig.load(directory / FEDERATION_NAME)  # what we wrote must load
     return NewDeployment(directory / DEPLOYMENT_NAME, directory / FEDERATION_NAME, tls.ca_cert,
-                         fingerprint(receipt))
+                         fingerprint(receipt), directory / RECEIPT_PUBLIC_KEY)
 
 
 def register_member(dep: Deployment, public_key: Path, *, name: str, receipt_key: Path,
@@ -209,9 +237,29 @@ def check_resume(cfg: FederationConfig, *, resume: bool) -> int:
                               got=f"round {done} in {cfg.state_dir}",
                               fix="pass --resume to continue it from that round")
     if ckpt is None and resume:
-        raise DeploymentError("nothing to resume: no checkpoint", got=str(cfg.state_dir),
-                              fix="start the federation without --resume")
+        raise DeploymentError("nothing to resume: no round of this federation was "
+                              "checkpointed", got=str(cfg.state_dir),
+                              fix="run it from the start: `fedadmet coordinator run` "
+                              "without --resume")
     return done
+
+
+def resume_advice(cfg: FederationConfig) -> str:
+    """What to type after a run that did not complete: only what ``run`` will accept."""
+    ckpt = checkpoint.latest(cfg.state_dir)
+    if ckpt is None:
+        return ("no round was checkpointed, so there is nothing to resume: run it again "
+                "with `fedadmet coordinator run` (without --resume)")
+    if ckpt.round >= cfg.rounds:
+        return f"all {cfg.rounds} rounds are checkpointed: nothing is left to run"
+    return (f"round {ckpt.round} of {cfg.rounds} is checkpointed: continue with "
+            "`fedadmet coordinator run --resume`")
+
+
+def finished(cfg: FederationConfig) -> bool:
+    """Whether every planned round of ``cfg`` is checkpointed."""
+    ckpt = checkpoint.latest(cfg.state_dir)
+    return ckpt is not None and ckpt.round >= cfg.rounds
 
 
 def run_command(config: Path, *, app_dir: Path = FAB_DIR) -> list[str]:
@@ -272,13 +320,15 @@ class CoordinatorServices:
 
     def start_proxy(self) -> None:
         """nginx on the public address, forwarding the Fleet API only."""
-        assert self.dep.public_address is not None
-        _host, pport = split_address(self.dep.public_address)
+        host, pport = self.dep.proxy_listen()
         prefix = self.dep.state_dir / "nginx"
-        conf = write_nginx_config(prefix, listen_host="0.0.0.0", listen_port=pport,
+        conf = write_nginx_config(prefix, listen_host=host, listen_port=pport,
                                   upstream_port=self.dep.port, server_cert=self.dep.server_cert,
                                   server_key=self.dep.server_key, ca_cert=self.dep.ca_cert)
-        self.procs.append(start_nginx(conf, prefix, log_path=self.dep.state_dir / "nginx.log"))
+        log_path = self.dep.state_dir / "nginx.log"
+        nginx = start_nginx(conf, prefix, log_path=log_path)
+        self.procs.append(nginx)
+        _wait_listening(nginx, host, pport, log_path=log_path)
 
     def wait(self) -> None:
         """Until the SuperLink exits."""
@@ -299,3 +349,22 @@ class CoordinatorServices:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], host: str, port: int, *, log_path: Path,
+                    timeout_s: float = 30.0) -> None:
+    """Until nginx accepts on ``host:port`` (bounded); its own error if it exited."""
+    dial = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-600:] if log_path.exists() else ""
+            raise DeploymentError(f"nginx could not listen on {host}:{port}", got=tail,
+                                  fix="use an address of this host, or bind every interface "
+                                  "deliberately: `coordinator init ... --listen-address "
+                                  f"0.0.0.0:{port}` (listen-address in coordinator.toml)")
+        with contextlib.suppress(OSError), socket.create_connection((dial, port), timeout=1):
+            return
+        time.sleep(0.2)
+    raise DeploymentError("nginx did not start listening in time", got=f"{host}:{port}",
+                          expected=f"a connection within {timeout_s:.0f} s", fix=f"read {log_path}")

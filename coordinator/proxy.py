@@ -19,8 +19,8 @@ from pathlib import Path
 
 from protocols.atomic_files import PUBLIC, write_bytes
 
-__all__ = ["NGINX", "TLS12_CIPHERS", "fleet_body_limit", "nginx_config", "start_nginx",
-           "write_nginx_config"]
+__all__ = ["NGINX", "TLS12_CIPHERS", "fleet_body_limit", "listen_target", "nginx_config",
+           "start_nginx", "write_nginx_config"]
 
 NGINX = "/usr/sbin/nginx"
 # flwr 1.41's FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE default; members run with it, since
@@ -53,6 +53,16 @@ def fleet_body_limit(largest_tensor_bytes: int | None = None) -> int:
     return chunk + BODY_SLACK_BYTES
 
 
+def listen_target(host: str, port: int) -> str:
+    """nginx's ``listen`` address: ``HOST:PORT``, an IPv6 host in brackets.
+
+    nginx binds exactly this address (a name is resolved once, at start); ``0.0.0.0`` or
+    ``::`` bind every interface, which an operator has to ask for.
+    """
+    host = host.strip("[]")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def nginx_config(*, prefix: Path, listen_host: str, listen_port: int, upstream_port: int,
                  server_cert: Path, server_key: Path, ca_cert: Path,
                  max_body_bytes: int | None = None) -> str:
@@ -81,7 +91,7 @@ http {{
     client_header_timeout 10s;
     client_body_timeout 60s;
     server {{
-        listen {listen_host}:{listen_port} ssl;
+        listen {listen_target(listen_host, listen_port)} ssl;
         ssl_certificate {server_cert};
         ssl_certificate_key {server_key};
         ssl_protocols TLSv1.2 TLSv1.3;

@@ -8,6 +8,9 @@ is unpacked or run. Pinned to the installed fedadmet by default; running unpinne
 ``unsafe_run_unpinned_code=True`` and is logged loudly.
 
 Restarts are bounded with exponential backoff; every line logged is plain language.
+SIGTERM, SIGINT or SIGHUP to the daemon stops (and reaps) the SuperNode and SuperExec it
+started, each by its process group, with the ClientApps the SuperExec launched; on Linux
+both also get SIGTERM from the kernel if the daemon itself dies (``PR_SET_PDEATHSIG``).
 Flower code 305 means the SuperLink refused the connection (unregistered key, TLS). flwr
 1.41 exits with status 1 for every error and only logs ``Exit Code: 305``, so the code is
 read from what the attempt wrote to the log.
@@ -25,11 +28,13 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from participant.node_log import LogPump
 from participant.pinned_clientapp import PIN_ENV
 from participant.pinning import CodePin
 from protocols.atomic_files import PRIVATE, PUBLIC, write_bytes
@@ -38,12 +43,15 @@ from protocols.flower_env import flower_env
 
 __all__ = [
     "DEFAULT_TASK_POLL_INTERVAL",
+    "STOP_SIGNALS",
     "NodeProcesses",
+    "StopRequested",
     "SuperNodePlan",
     "flower_exit_code",
     "format_node_config",
     "run_with_restarts",
     "start_node",
+    "stop_on_signals",
     "superexec_command",
     "supernode_command",
     "supernode_env",
@@ -61,6 +69,52 @@ MIN_TASK_POLL_INTERVAL, MAX_TASK_POLL_INTERVAL = 0.01, 60.0  # flwr 1.41's own b
 # only ClientApps; the others are shadowed by a refusal so no other code path opens.
 _OTHER_RUNNERS = ("flwr-agentapp", "flwr-connector", "flwr-model", "flwr-serverapp",
                   "flwr-simulation")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class StopRequested(Exception):
+    """The daemon was asked to stop (a signal in :data:`STOP_SIGNALS`)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn the first stop signal into :class:`StopRequested`; later ones are ignored.
+
+    Python's default SIGTERM ends the process without running ``finally`` blocks, so the
+    SuperNode (own session) was left running, reparented to PID 1. Ignoring repeats
+    keeps a second Ctrl-C from interrupting the stop itself. Main thread only (Python
+    delivers signals there); elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stopping = False
+
+    def handler(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise StopRequested(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the daemon dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,9 +227,14 @@ class NodeProcesses:
 
     superexec: subprocess.Popen[bytes]
     supernode: subprocess.Popen[bytes]
+    pump: LogPump | None = None
 
     def stop(self, *, timeout_s: float = 10.0) -> None:
-        """SIGTERM each group, then SIGKILL what is left after ``timeout_s``."""
+        """SIGTERM each group, then SIGKILL what is left after ``timeout_s``; reap both.
+
+        The groups are signalled even when their leader already exited: a ClientApp the
+        SuperExec launched lives on in the SuperExec's group.
+        """
         for proc in (self.supernode, self.superexec):
             _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
@@ -185,6 +244,10 @@ class NodeProcesses:
             except subprocess.TimeoutExpired:
                 _signal_group(proc, signal.SIGKILL)
                 proc.wait(timeout=5)
+        for proc in (self.supernode, self.superexec):  # leftovers of an exited leader
+            _signal_group(proc, signal.SIGKILL)
+        if self.pump is not None:  # every line they wrote is in the log now
+            self.pump.join()
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
@@ -216,18 +279,23 @@ def start_node(plan: SuperNodePlan, *, work_dir: Path, log_path: Path,
         log.warning("UNSAFE: no code pin (unsafe_run_unpinned_code). This participant will "
                     "run WHATEVER ClientApp code the coordinator sends, next to your data.")
     exec_env = flower_env(base, exec_extra)
-    with open(log_path, "ab") as out:
+    pump = LogPump(log_path)  # one pipe for both (and their ClientApps), ANSI codes removed
+    out = pump.write_fd
+    try:
         superexec = subprocess.Popen(superexec_command(plan, secret_file=secret_file),
                                      stdout=out, stderr=subprocess.STDOUT, env=exec_env,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
         try:
             supernode = subprocess.Popen(supernode_command(plan, secret_file=secret_file),
                                          stdout=out, stderr=subprocess.STDOUT, env=base,
-                                         start_new_session=True)
-        except OSError:
+                                         start_new_session=True, preexec_fn=_die_with_parent)
+        except BaseException:  # OSError, or a stop signal between the two starts
             _signal_group(superexec, signal.SIGKILL)
+            superexec.wait(timeout=5)
             raise
-    return NodeProcesses(superexec=superexec, supernode=supernode)
+    finally:
+        pump.started()
+    return NodeProcesses(superexec=superexec, supernode=supernode, pump=pump)
 
 
 def flower_exit_code(log_text: str, returncode: int) -> int:
@@ -240,8 +308,26 @@ def run_with_restarts(plan: SuperNodePlan, *, log_path: Path, max_restarts: int 
                       backoff_s: float = 2.0, max_backoff_s: float = 60.0,
                       work_dir: Path | None = None,
                       sleep: Callable[[float], None] = time.sleep) -> int:
-    """Run the SuperNode; restart on crashes, stop at once if the coordinator refuses us."""
-    work = work_dir if work_dir is not None else log_path.parent / "supernode-runtime"
+    """Run the SuperNode; restart on crashes, stop at once if the coordinator refuses us.
+
+    A stop signal (:data:`STOP_SIGNALS`) stops and reaps every process of the attempt and
+    returns 0: stopping the daemon is a normal end.
+    """
+    try:
+        with stop_on_signals():
+            return _run_attempts(plan, log_path=log_path, max_restarts=max_restarts,
+                                 backoff_s=backoff_s, max_backoff_s=max_backoff_s,
+                                 work=work_dir if work_dir is not None
+                                 else log_path.parent / "supernode-runtime", sleep=sleep)
+    except StopRequested as stop:
+        log.info("Stopped on %s: the SuperNode and SuperExec this daemon started are "
+                 "stopped.", stop)
+        return 0
+
+
+def _run_attempts(plan: SuperNodePlan, *, log_path: Path, max_restarts: int,
+                  backoff_s: float, max_backoff_s: float, work: Path,
+                  sleep: Callable[[float], None]) -> int:
     delay = backoff_s
     for attempt in range(max_restarts + 1):
         log.info("Starting the Flower SuperNode (attempt %d of %d), connecting to %s.",

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from participant.node_log import configure_task_logging
 from participant.pinning import BundleRefused, CodePin, PinDecision, decide
 from protocols.errors import FedAdmetError
 
@@ -98,7 +99,7 @@ def _guard(run_clientapp_module: Any, pin: CodePin) -> None:
 
 def main() -> None:
     """Entry point with ``flwr-clientapp``'s arguments."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    configure_task_logging()
     if RUNTIME_INSTALL_FLAG in sys.argv[1:]:
         log.error("fedadmet: REFUSED to run a ClientApp with runtime dependency installation: "
                   "it would install packages the coordinator's bundle names.")
@@ -114,6 +115,8 @@ def main() -> None:
     try:
         import flwr.supernode.runtime.run_clientapp as run_clientapp_module
         from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
+
+        configure_task_logging()  # again: Flower's console handler exists now
 
         _guard(run_clientapp_module, pin)
         flwr_clientapp()

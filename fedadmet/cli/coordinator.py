@@ -16,11 +16,14 @@ from coordinator.config import FederationConfig
 from coordinator.deployment import (
     FAB_DIR,
     FEDERATION_NAME,
+    RECEIPT_PUBLIC_KEY,
     CoordinatorServices,
     Deployment,
     check_resume,
+    finished,
     init_deployment,
     register_member,
+    resume_advice,
     run_status,
     stream_run,
 )
@@ -30,7 +33,10 @@ app = typer.Typer(help="Run the consortium coordinator (SuperLink + ServerApp)."
 
 
 @app.command()
-def init(directory: Path, public_address: str | None = typer.Option(None),
+def init(directory: Path, public_address: str | None = typer.Option(
+             None, help="HOST:PORT members dial; nginx binds that host"),
+         listen_address: str | None = typer.Option(
+             None, help="HOST:PORT nginx binds instead (0.0.0.0:443 for every interface)"),
          port: int = typer.Option(9443, help="loopback SuperLink port"),
          rounds: int = typer.Option(3), round_timeout: float = typer.Option(600.0),
          min_participants: int = typer.Option(2),
@@ -38,10 +44,12 @@ def init(directory: Path, public_address: str | None = typer.Option(None),
     """Create the CA, TLS server certificate, receipt key, coordinator.toml, federation.toml."""
     new = init_deployment(directory, public_address=public_address, port=port, rounds=rounds,
                           round_timeout=round_timeout, min_participants=min_participants,
-                          endpoints=endpoint)
+                          endpoints=endpoint, listen_address=listen_address)
     typer.echo(f"Created {new.deployment_toml} and {new.federation_toml}")
-    typer.echo(f"Give members the CA certificate: {new.ca_cert}")
-    typer.echo(f"Coordinator receipt key fingerprint: {new.receipt_fingerprint}")
+    typer.echo("Give every member these two files (public; `enroll` repeats this):")
+    typer.echo(f"  CA certificate:      {new.ca_cert}  (their [coordinator] root-certificate)")
+    typer.echo(f"  receipt public key:  {new.receipt_public_key}  (their [participant] "
+               f"coordinator-key; fingerprint {new.receipt_fingerprint})")
 
 
 @app.command()
@@ -64,7 +72,11 @@ def enroll(public_key: Path, name: str = typer.Option(...),
     registered = register_member(dep, public_key, name=name, receipt_key=receipt_key,
                                  max_epsilon=max_epsilon, max_examples=max_examples)
     typer.echo(registered)
-    typer.echo(f"Enrolled {name}.")
+    typer.echo(f"Enrolled {name}. Send {name}:")
+    typer.echo(f"  {dep.ca_cert}  -> [coordinator] root-certificate")
+    typer.echo(f"  {dep.directory / RECEIPT_PUBLIC_KEY}  -> [participant] coordinator-key")
+    typer.echo(f"  the address {dep.public_address or 'HOST:PORT of your proxy'}  -> "
+               "[coordinator] address")
 
 
 def _echo_line(line: str) -> None:
@@ -75,6 +87,10 @@ def _echo_line(line: str) -> None:
 def _submit(dep: Deployment, config: Path, *, resume: bool, app_dir: Path) -> int:
     """Run the federation, stream its log, and exit 0 only if the run completed."""
     cfg = FederationConfig.load(config)
+    if resume and finished(cfg):
+        typer.echo(f"fedadmet: federation {cfg.federation_id} already finished all "
+                   f"{cfg.rounds} rounds: nothing to resume.")
+        return 0
     done = check_resume(cfg, resume=resume)
     if resume:
         typer.echo(f"Resuming federation {cfg.federation_id} after round {done}.")
@@ -85,7 +101,7 @@ def _submit(dep: Deployment, config: Path, *, resume: bool, app_dir: Path) -> in
     status = run_status(dep, run_id)
     if status != "finished:completed":
         typer.echo(f"fedadmet: run {run_id} of federation {cfg.federation_id} ended as "
-                   f"{status}; resume it with `fedadmet coordinator run --resume`.", err=True)
+                   f"{status}; {resume_advice(cfg)}.", err=True)
         return 1
     typer.echo(f"fedadmet: run {run_id} of federation {cfg.federation_id} completed.")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rdkit
+from mlflow.pyfunc.scoring_server import predictions_to_json
 from mlflow.tracking import MlflowClient
 
 from chem.featurizers import featurize, get_spec
@@ -20,6 +22,7 @@ from chem.mlflow_model import (
     Predictor,
     load_predictor,
     save_predictor_files,
+    with_missing_predictions,
 )
 from chem.models import ModelSpec, build_model, get_weights, predict
 from chem.standardize import standardize_smiles
@@ -40,6 +43,10 @@ def _expected(model: object, smiles: list[str]) -> np.ndarray:
     fspec = get_spec("ecfp4-count-2048/v1")
     feats = featurize([standardize_smiles(s) for s in smiles], fspec, n_jobs=1)
     return predict(model, feats)  # type: ignore[arg-type]
+
+
+def _no_constant(name: str) -> object:
+    raise AssertionError(f"not strict JSON: bare {name}")
 
 
 def test_pyfunc_round_trip_through_sqlite_store(tmp_path: Path, spec: ModelSpec) -> None:
@@ -76,7 +83,14 @@ def test_pyfunc_round_trip_through_sqlite_store(tmp_path: Path, spec: ModelSpec)
     assert ((out.loc[ok, "herg"] > 0) & (out.loc[ok, "herg"] < 1)).all()
     # load_predictor gives the same through a URI, with an explicit tracking URI
     again = load_predictor(f"models:/{logged.model_id}", tracking_uri=uri).predict(SMILES)
-    pd.testing.assert_frame_equal(again, out)
+    pd.testing.assert_frame_equal(with_missing_predictions(again), out)
+    # what `mlflow models serve` writes: strict JSON, null for the invalid row
+    buf = io.StringIO()
+    predictions_to_json(out, buf)
+    served = json.loads(buf.getvalue(), parse_constant=_no_constant)["predictions"]
+    assert served[1]["logd"] is None and served[1]["herg"] is None
+    assert served[1]["valid"] is False and served[1]["error"] == "unparsable SMILES"
+    assert served[0]["logd"] == pytest.approx(want[0][0], rel=1e-6)
 
 
 def test_predictor_files_load_without_mlflow_model(tmp_path: Path, spec: ModelSpec) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -40,3 +42,16 @@ def test_exhausted_budget_is_refused() -> None:
     with pytest.raises(PrivacyBudgetExceeded):
         calibrate(n_examples=1000, batch_size=64, rounds=1, local_epochs=1,
                   target_epsilon=5.0, delta=1e-5, max_epsilon=1.0, history=history)
+
+
+@pytest.mark.parametrize(("n", "rounds", "target"), [(160, 3, 8.0), (255, 3, 8.0),
+                                                     (1000, 20, 8.0), (300, 5, 1.0)])
+def test_calibrating_a_plan_prints_no_opacus_alpha_warning(n: int, rounds: int,
+                                                          target: float) -> None:
+    """Each of these warned "Optimal order is the largest alpha" from a search trial."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        cal = calibrate(n_examples=n, batch_size=32, rounds=rounds, local_epochs=1,
+                        target_epsilon=target, delta=1e-5, max_epsilon=8.0)
+    assert cal.planned_epsilon <= target
+    assert [str(w.message) for w in seen] == []

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -327,3 +328,81 @@ def test_hostile_parent_environment_never_reaches_supernode_or_superexec(
         assert env["FLWR_TELEMETRY_ENABLED"] == "0", name
         assert ("MARKER_DIR" in env) == (name == "se")
     assert Path(env[PIN_ENV]).is_file()  # the pin (an explicit extra) reaches SuperExec
+
+
+# ------------------------------------------------------------------ stopping the daemon
+
+_DAEMON = """
+import logging, sys
+from pathlib import Path
+from participant.daemon import SuperNodePlan, run_with_restarts
+logging.basicConfig(level=logging.INFO)
+tmp = Path(sys.argv[1])
+plan = SuperNodePlan(superlink="127.0.0.1:1", root_certificates=tmp / "ca.crt",
+                     node_key=tmp / "k", port=9101, executable=str(tmp / "node"),
+                     superexec_executable=str(tmp / "exec"))
+sys.exit(run_with_restarts(plan, log_path=tmp / "state" / "supernode.log", max_restarts=0))
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie counts as gone: nothing of it runs)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _start_daemon(tmp_path: Path, body: str) -> tuple[subprocess.Popen[bytes], list[Path]]:
+    """A real daemon process whose SuperNode and SuperExec each start a child of their own."""
+    pids = []
+    for role in ("node", "exec"):
+        _script(tmp_path / role, f"echo $$ > {tmp_path / role}.pid\n{body}")
+        pids += [tmp_path / f"{role}.pid", tmp_path / f"{role}.child"]
+    daemon = subprocess.Popen([sys.executable, "-c", _DAEMON, str(tmp_path)],
+                              env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _wait_for(lambda: all(p.exists() and p.read_text().strip() for p in pids), timeout_s=60,
+              what="the fake SuperNode, SuperExec and their children to start")
+    return daemon, pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stopping_the_daemon_stops_every_process_it_started(tmp_path: Path,
+                                                            sig: signal.Signals) -> None:
+    """Before: SIGTERM ended the daemon at once and its SuperNode ran on under PID 1."""
+    body = "sleep 600 &\necho $! > \"$0.child\"\nwait\n"
+    daemon, files = _start_daemon(tmp_path, body)
+    pids = [int(p.read_text()) for p in files]
+    try:
+        assert all(_alive(p) for p in pids)
+        daemon.send_signal(sig)
+        out, _ = daemon.communicate(timeout=30)
+        assert daemon.returncode == 0, out.decode(errors="replace")
+        assert f"Stopped on {sig.name}" in out.decode()
+        _wait_for(lambda: not any(_alive(p) for p in pids), timeout_s=15,
+                  what="every process the daemon started to stop")
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(timeout=10)
+
+
+def test_supernode_and_superexec_stop_when_the_daemon_is_killed(tmp_path: Path) -> None:
+    """SIGKILL runs no handler: the kernel's parent-death signal stops both (Linux)."""
+    body = "echo $$ > \"$0.child\"\nexec sleep 600\n"
+    daemon, files = _start_daemon(tmp_path, body)
+    pids = sorted({int(p.read_text()) for p in files})
+    try:
+        daemon.kill()
+        daemon.wait(timeout=10)
+        _wait_for(lambda: not any(_alive(p) for p in pids), timeout_s=15,
+                  what="the SuperNode and SuperExec to stop with their daemon")
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
