@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -49,7 +50,7 @@ def model_spec_for(cfg: FederationConfig) -> ModelSpec:
         dropout=cfg.model.dropout, endpoints=cfg.model.endpoints)
 
 
-def _package(directory: Path, weights: Weights, mspec: ModelSpec,
+def _package(directory: Path, weights: Mapping[str, np.ndarray], mspec: ModelSpec,
              fspec: FeaturizationSpec) -> PredictorFiles:
     """The global model as SMILES-predictor files; imports RDKit (it checks the spec)."""
     from chem.mlflow_model import save_predictor_files

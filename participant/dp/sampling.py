@@ -26,8 +26,9 @@ def poisson_batches(rng: DPRandom, n: int, *, sample_rate: float, steps: int,
     """``steps`` batches of indices into ``n`` examples, each example in at ``sample_rate``."""
     if secure_mode:
         return _csprng_batches(rng.stream(), n, sample_rate=sample_rate, steps=steps)
-    return UniformWithReplacementSampler(num_samples=n, sample_rate=sample_rate,
-                                         generator=rng.generator(), steps=steps)
+    sampler: Iterable[Sequence[int]] = UniformWithReplacementSampler(
+        num_samples=n, sample_rate=sample_rate, generator=rng.generator(), steps=steps)
+    return sampler
 
 
 def _csprng_batches(stream: CsprngStream, n: int, *, sample_rate: float, steps: int
