@@ -214,7 +214,7 @@ def test_slow_member_closed_out_by_min_replies_is_not_halted_as_dropped(tmp_path
     third = site.train(kit.instruction(round=3, receipts=[second]), kit.global_weights)
     assert third.submission is not None, third.refusal
     assert site.receipts.halted() is None
-    from simulations.cli import _mount, app
+    from fedadmet.cli.main import _mount, app
 
     _mount()
     out = CliRunner().invoke(app, ["participant", "budget", "--config", str(kit.config_path),
