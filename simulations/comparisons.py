@@ -34,7 +34,7 @@ import torch
 
 from chem.featurizers import featurize, get_spec
 from chem.metrics import endpoint_metrics, headline_metric, mean_predictor_metrics
-from chem.models import ModelSpec, build_model, predict, set_weights
+from chem.models import ModelSpec, MultiTaskMLP, build_model, predict, set_weights
 from chem.splits import scaffold_split
 from chem.tables import load_table
 from chem.training import Split, fit
@@ -95,7 +95,7 @@ def site_spec(full: ModelSpec, private: set[str], y: np.ndarray, mask: np.ndarra
     return replace(full, endpoints=tuple(specs))
 
 
-def refit_private_heads(model: torch.nn.Module, train: Split, valid: Split, *,
+def refit_private_heads(model: MultiTaskMLP, train: Split, valid: Split, *,
                         private: set[str], endpoints: list[str],
                         global_weights: dict[str, np.ndarray], epochs: int, seed: int
                         ) -> None:
