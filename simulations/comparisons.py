@@ -3,7 +3,10 @@
 Four arms per partner and endpoint:
 
 1. **local-only**: the partner trains alone, non-privately (what it can do today);
-2. **federated**: the final global model (with the partner's private heads);
+2. **federated**: the final global model, with the partner's private heads refitted
+   on site to that global trunk (trunk frozen, local validation split for early
+   stopping); the heads as stored after the last round are scored too, as
+   ``federated-stored-heads``, for private endpoints;
 3. **federated + fine-tune**: the transfer-learning path: start from the federated
    trunk and heads and fine-tune on the partner's own data, early stopping on a
    local validation split. The trunk's learning rate (a tenth of the heads', or
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +34,14 @@ import torch
 
 from chem.featurizers import featurize, get_spec
 from chem.metrics import endpoint_metrics, headline_metric, mean_predictor_metrics
-from chem.models import ModelSpec, build_model, predict, set_weights
+from chem.models import ModelSpec, MultiTaskMLP, build_model, predict, set_weights
 from chem.splits import scaffold_split
 from chem.tables import load_table
 from chem.training import Split, fit
 from protocols.endpoints import EndpointSpec
 
-__all__ = ["MIN_GAP", "ArmResult", "compare_partners", "gap_closed"]
+__all__ = ["MIN_GAP", "ArmResult", "compare_partners", "gap_closed", "refit_private_heads",
+           "site_spec"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +75,46 @@ def gap_closed(local: float, fed: float, pooled: float, *,
     return (fed - local) / gap
 
 
+def site_spec(full: ModelSpec, private: set[str], y: np.ndarray, mask: np.ndarray,
+              endpoints: list[str]) -> ModelSpec:
+    """``full`` with each private regression endpoint scaled as its site scales it.
+
+    A site trains a private head on its own labels' mean and std
+    (``participant.site``); the head is only meaningful under the same scaling. The
+    site takes them over its training split; the whole training file is used here,
+    which differs from that by the 15% validation rows only.
+    """
+    specs = []
+    for e in full.endpoints:
+        j = endpoints.index(e.name)
+        values = y[mask[:, j] > 0, j]
+        if e.name in private and e.task == "regression" and len(values):
+            e = EndpointSpec(name=e.name, task=e.task, target_offset=float(values.mean()),
+                             target_scale=float(values.std() or 1.0))
+        specs.append(e)
+    return replace(full, endpoints=tuple(specs))
+
+
+def refit_private_heads(model: MultiTaskMLP, train: Split, valid: Split, *,
+                        private: set[str], endpoints: list[str],
+                        global_weights: dict[str, np.ndarray], epochs: int, seed: int
+                        ) -> None:
+    """Fit the private heads to the global trunk they are used with (on site, in place).
+
+    The trunk is frozen and only the private endpoints' labels are seen (early stopping
+    on the site's validation split); the trunk and the consortium heads are then put back
+    exactly as received, so only the private heads differ from the global model.
+    """
+    cols = [j for j, e in enumerate(endpoints) if e in private]
+    only = np.zeros_like(train.mask)
+    only[:, cols] = train.mask[:, cols]
+    only_v = np.zeros_like(valid.mask)
+    only_v[:, cols] = valid.mask[:, cols]
+    fit(model, Split(train.x, train.y, only), Split(valid.x, valid.y, only_v), epochs=epochs,
+        seed=seed, freeze_trunk=True, lr=1e-2)  # heads only: a linear fit on fixed features
+    set_weights(model, global_weights)
+
+
 def _load(path: Path, endpoints: list[str], spec_key: str, cache: Path
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     table = load_table(path, endpoints={e: e for e in endpoints}, cache_dir=cache)
@@ -97,11 +141,12 @@ def compare_partners(*, partner_dirs: list[Path], endpoints: list[str], tasks: d
         tr, va, _ = scaffold_split(smiles, (0.85, 0.15, 0.0), seed=seed)
         return Split(x[tr], y[tr], m[tr]), Split(x[va], y[va], m[va])
 
-    def scored(k: int, arm: str, pred: np.ndarray, rows: list[ArmResult]) -> None:
+    def scored(k: int, arm: str, pred: np.ndarray, rows: list[ArmResult],
+               only: set[str] | None = None) -> None:
         _, (_, yt, mt, _) = data[k]
         per = endpoint_metrics(yt, pred, mt, endpoints, [tasks[e] for e in endpoints])
         for e in endpoints:
-            if per[e].get("n", 0) > 0:
+            if per[e].get("n", 0) > 0 and (only is None or e in only):
                 metric = headline_metric(tasks[e])
                 rows.append(ArmResult(partner=k, endpoint=e, metric=metric, arm=arm,
                                       value=per[e].get(metric, math.nan),
@@ -127,9 +172,26 @@ def compare_partners(*, partner_dirs: list[Path], endpoints: list[str], tasks: d
         local = build_model(full, seed=seed)
         fit(local, train, valid, epochs=epochs, seed=seed)
         scored(k, "local-only", predict(local, xt), rows)
-        fed = build_model(full, seed=seed)
+        held = {e for j, e in enumerate(endpoints)
+                if e not in model.endpoint_names and train.mask[:, j].any()}
+        if held:
+            # Before 2026-12-02 the stored heads were read with target scaling (0, 1),
+            # while the site trains them on its own labels' mean and std: scored for
+            # the record (results.json), it is not what a site predicts with.
+            raw = build_model(full, seed=seed)
+            set_weights(raw, global_weights)
+            set_weights(raw, private_heads.get(k, {}), strict=False)
+            scored(k, "federated-stored-heads-unscaled", predict(raw, xt), rows, only=held)
+        fed = build_model(site_spec(full, held, y, m, endpoints), seed=seed)
         set_weights(fed, global_weights)
         set_weights(fed, private_heads.get(k, {}), strict=False)
+        if held:
+            # The stored private heads were fitted to this site's *local* trunk of the
+            # last round, not to the aggregated trunk they are now used with: kept as a
+            # reference arm, then refitted on site to the global trunk.
+            scored(k, "federated-stored-heads", predict(fed, xt), rows, only=held)
+            refit_private_heads(fed, train, valid, private=held, endpoints=endpoints,
+                                global_weights=global_weights, epochs=epochs, seed=seed)
         scored(k, "federated", predict(fed, xt), rows)
         tuned = []
         for factor in TRUNK_LR_FACTORS:

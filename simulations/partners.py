@@ -18,6 +18,7 @@ and the report.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,15 +28,17 @@ import pandas as pd
 
 from chem.partition import quantity_skew_partition, scaffold_dirichlet_partition
 from chem.splits import scaffold_split
-from chem.tables import MoleculeTable, load_table
-from protocols.errors import DataError
+from chem.tables import MoleculeTable, load_table, read_frame
+from protocols.errors import ConfigError, DataError
 from simulations.datasets import load_dataset
 from simulations.scenario import EndpointSource, Scenario
 
 if TYPE_CHECKING:
     from protocols.endpoints import Task
 
-__all__ = ["PartnerData", "build_partner_data", "source_reports"]
+log = logging.getLogger(__name__)
+
+__all__ = ["PartnerData", "build_partner_data", "column_partition", "source_reports"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,10 +66,13 @@ def _endpoint_table(e: EndpointSource, cache: Path) -> MoleculeTable:
 
 
 def _labelled(e: EndpointSource, cache: Path, scenario: Scenario
-              ) -> tuple[list[str], np.ndarray]:
+              ) -> tuple[list[str], np.ndarray, list[str]]:
+    """Labelled structures, their labels and (column partition) their sources."""
     table = _endpoint_table(e, cache)
     keep = table.mask[:, 0] > 0
     smiles = [s for s, k in zip(table.smiles, keep, strict=True) if k]
+    sources = (_sources(e, table, keep, scenario.partner_column)
+               if scenario.partner_column and e.private_to is None else [""] * len(smiles))
     need = scenario.partners * scenario.min_partner_size
     if e.private_to is None and len(smiles) < need:
         merged = table.report.merged.get(e.name, 0)
@@ -77,7 +83,43 @@ def _labelled(e: EndpointSource, cache: Path, scenario: Scenario
               f"{scenario.min_partner_size}", got=table.report.summary(),
             expected=f">= {need} distinct labelled structures",
             fix="add distinct molecules, or lower `partners` or `min-partner-size`")
-    return smiles, table.labels[keep, 0]
+    return smiles, table.labels[keep, 0], sources
+
+
+def _sources(e: EndpointSource, table: MoleculeTable, keep: np.ndarray, column: str
+             ) -> list[str]:
+    """Each kept structure's source (the partner column of its first row in the CSV)."""
+    assert e.csv is not None
+    frame = read_frame(e.csv, encoding=e.encoding)
+    if column not in frame.columns:
+        raise ConfigError("partner-column", f"column {column!r} is not in {e.csv.name} "
+                          f"(endpoint {e.name})", got=[str(c) for c in frame.columns],
+                          expected=f"a column named {column!r}",
+                          fix="name the CSV column that says which partner holds each row")
+    values = frame[column].astype("string").str.strip()
+    return [str(values.iloc[r - 1]) if pd.notna(values.iloc[r - 1]) else ""
+            for r, k in zip(table.rows, keep, strict=True) if k]
+
+
+def column_partition(sources: list[str], *, n_partners: int, endpoint: str
+                     ) -> dict[int, np.ndarray]:
+    """Partner k holds the rows of the k-th source name in sorted order.
+
+    Every endpoint of a scenario sorts the same names the same way, so a source is
+    one partner across endpoints; a row without a source is left out (and counted).
+    """
+    names = sorted({s for s in sources if s})
+    if len(names) != n_partners:
+        raise ConfigError("partner-column", f"endpoint {endpoint} has {len(names)} distinct "
+                          f"sources, the scenario {n_partners} partners", got=names[:20],
+                          expected=f"{n_partners} distinct values",
+                          fix="set `partners` to the number of sources")
+    if "" in sources:
+        log.warning("endpoint %s: %d row(s) name no source in the partner column and are "
+                    "left out", endpoint, sources.count(""))
+    index = {name: k for k, name in enumerate(names)}
+    owner = np.array([index.get(s, -1) for s in sources])
+    return {k: np.flatnonzero(owner == k) for k in range(n_partners)}
 
 
 def source_reports(scenario: Scenario, cache: Path) -> dict[str, dict[str, Any]]:
@@ -99,12 +141,15 @@ def build_partner_data(scenario: Scenario, out_dir: Path, *, seed: int,
     tests: list[dict[str, list[tuple[str, float]]]] = [{} for _ in range(scenario.partners)]
     rng = np.random.default_rng(seed)
     for e in scenario.endpoints:
-        smiles, y = _labelled(e, cache, scenario)
+        smiles, y, sources = _labelled(e, cache, scenario)
         if e.max_molecules and len(smiles) > e.max_molecules:
             pick = np.sort(rng.choice(len(smiles), e.max_molecules, replace=False))
             smiles, y = [smiles[i] for i in pick], y[pick]
+            sources = [sources[i] for i in pick]
         if e.private_to is not None:
             parts = {e.private_to: np.arange(len(smiles))}
+        elif scenario.partition == "column":
+            parts = column_partition(sources, n_partners=scenario.partners, endpoint=e.name)
         elif scenario.partition == "quantity-skew":
             got = quantity_skew_partition(len(smiles), n_partners=scenario.partners,
                                           alpha=scenario.alpha, seed=seed,

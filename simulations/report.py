@@ -56,7 +56,8 @@ import numpy as np
 from chem.metrics import HIGHER_IS_BETTER
 from simulations.comparisons import MIN_GAP, gap_closed
 
-__all__ = ["ARMS", "data_lines", "eps_dir", "summarise", "write_report", "write_sweep_report"]
+__all__ = ["ARMS", "data_lines", "eps_dir", "figures_of_merit", "summarise", "write_report",
+           "write_sweep_report"]
 
 ARMS = ("local-only", "federated", "federated+finetune", "pooled", "mean-predictor")
 
@@ -65,7 +66,48 @@ def _fmt(values: list[float]) -> str:
     v = [x for x in values if math.isfinite(x)]
     if not v:
         return "n/a"
+    if len(v) == 1:  # one seed has no spread to show: "± 0.000" would claim one
+        return f"{v[0]:.3f}"
     return f"{np.mean(v):.3f} ± {np.std(v):.3f}"
+
+
+def _improvement(local: float, arm: float, *, higher_is_better: bool) -> float:
+    """How much ``arm`` beats ``local`` in the metric's own direction (negative: worse)."""
+    return (arm - local) if higher_is_better else (local - arm)
+
+
+def figures_of_merit(rows: list[dict[str, Any]], arm: str) -> dict[str, Any]:
+    """Over cells (partner x endpoint, seed means): how much of the gap ``arm`` closes.
+
+    ``aggregate``: Σ(local − arm) / Σ(local − pooled), sign-corrected per metric, so a
+    cell where pooled ≈ local adds ~0 to the denominator instead of exploding a ratio
+    (the mean of per-cell ratios is kept beside it, with its median); ``wins``: cells
+    where ``arm`` beats local-only on seed means; ``beats_mean_predictor``: the same
+    against the training-mean baseline.
+    """
+    num = den = 0.0
+    wins = beats_baseline = 0
+    ratios = []
+    for r in rows:
+        means = {a: float(np.mean(v)) if v else math.nan for a, v in r["arms"].items()}
+        better = HIGHER_IS_BETTER[r["metric"]]
+        lo, value, po = means["local-only"], means[arm], means["pooled"]
+        gain = _improvement(lo, value, higher_is_better=better)
+        wins += int(gain > 0)
+        beats_baseline += int(_improvement(means["mean-predictor"], value,
+                                           higher_is_better=better) > 0)
+        if math.isfinite(gain) and math.isfinite(po):
+            num += gain
+            den += _improvement(lo, po, higher_is_better=better)
+        ratio = gap_closed(lo, value, po, higher_is_better=better, min_gap=MIN_GAP)
+        if math.isfinite(ratio):
+            ratios.append(ratio)
+    return {"arm": arm, "cells": len(rows), "wins": wins,
+            "beats_mean_predictor": beats_baseline,
+            "aggregate": num / den if den > 0 else math.nan,
+            "mean": float(np.mean(ratios)) if ratios else math.nan,
+            "median": float(np.median(ratios)) if ratios else math.nan,
+            "ratios_defined": len(ratios)}
 
 
 def _num(value: float) -> str:
@@ -204,14 +246,20 @@ def _comparison_lines(results: dict[str, Any], rows: list[dict[str, Any]]) -> li
     fed_losers = [r for r in rows if not r["federated_beats_local_all_seeds"]]
     flat = [r for r in rows if r["gap_too_small"]]
     wins = results["finetune_beats_local"]
-    lines += ["", "Mean share of the local-to-pooled gap closed by federated + fine-tune (on "
-              "seed means), over consortium endpoints where pooling beats local-only by at "
-              f"least {MIN_GAP}: **{results['mean_gap_closed']:.2f}** (median "
-              f"{results['median_gap_closed']:.2f}; mean of per-seed ratios "
-              f"{results['mean_gap_closed_per_seed']:.2f}). Federated + fine-tune beat "
-              f"local-only in {wins['wins_on_seed_means']} of {wins['cells']} consortium cells "
-              f"on seed means, and in {wins['wins']} of {wins['cells']} consortium cells in "
-              "every seed.", ""]
+    fom = results["figures_of_merit"]
+    lines += ["", "The federated arms use the final round's global model (no best-round "
+              "selection).", ""]
+    lines += _merit_lines(fom)
+    if wins["cells"]:
+        lines += ["", "Mean share of the local-to-pooled gap closed by federated + fine-tune "
+                  "(on seed means), over consortium endpoints where pooling beats local-only "
+                  f"by at least {MIN_GAP}: {_num(results['mean_gap_closed'])} (median "
+                  f"{_num(results['median_gap_closed'])}; mean of per-seed ratios "
+                  f"{_num(results['mean_gap_closed_per_seed'])}). Federated + fine-tune beat "
+                  f"local-only in {wins['wins_on_seed_means']} of {wins['cells']} consortium "
+                  f"cells on seed means, and in {wins['wins']} of {wins['cells']} consortium "
+                  "cells in every seed."]
+    lines.append("")
     if losers:
         lines.append("Federated + fine-tune did **not** beat local-only in every seed for: "
                      + ", ".join(f"partner {r['partner']} {r['endpoint']}" for r in losers) + ".")
@@ -226,6 +274,23 @@ def _comparison_lines(results: dict[str, Any], rows: list[dict[str, Any]]) -> li
         lines.append(f"Gap closed is n/a (pooled does not beat local-only by {MIN_GAP} in "
                      "some seed, so the share is undefined there) for: " + ", ".join(
                          f"partner {r['partner']} {r['endpoint']}" for r in flat) + ".")
+    return lines
+
+
+def _merit_lines(fom: dict[str, Any]) -> list[str]:
+    """The figures of merit table: aggregate share, wins, median and mean of ratios."""
+    kind = fom["cells"]
+    lines = [f"Figures of merit over the {kind} cells (seed means; aggregate share "
+             "Σ(local − arm) / Σ(local − pooled), sign-corrected per metric):", "",
+             "| arm | aggregate share of the gap | beats local-only | beats mean predictor "
+             "| median ratio | mean ratio | cells with a defined ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for arm, label in (("federated", "federated"), ("federated+finetune",
+                                                     "federated + fine-tune")):
+        f = fom[arm]
+        lines.append(f"| {label} | **{_num(f['aggregate'])}** | {f['wins']} of {f['cells']} "
+                     f"| {f['beats_mean_predictor']} of {f['cells']} | {_num(f['median'])} | "
+                     f"{_num(f['mean'])} | {f['ratios_defined']} of {f['cells']} |")
     return lines
 
 
@@ -289,6 +354,13 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
         "cells": len(consortium),
         "wins": sum(r["finetune_beats_local_all_seeds"] for r in consortium),
         "wins_on_seed_means": sum(r["finetune_beats_local_on_mean"] for r in consortium)}
+    # Consortium cells when there are any; an all-private consortium (only the trunk
+    # shared) is judged on its private cells, where "pooled" is the holder's own data.
+    judged = consortium or rows
+    results["figures_of_merit"] = {
+        "cells": "consortium" if consortium else "private",
+        "reported_model": "final round's global model (no best-round selection)",
+        **{arm: figures_of_merit(judged, arm) for arm in ("federated", "federated+finetune")}}
     (out / "results.json").write_text(
         json.dumps(_strict_json(results), indent=2, default=str, allow_nan=False) + "\n",
         encoding="utf-8")
@@ -301,7 +373,6 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
              f"{results['seconds']:.0f} s" + _per_round(results) + ".", "",
              "Each partner is evaluated on its own scaffold-split held-out test set "
              "(mean ± std across seeds).", ""]
-    table_at = len(lines)
     lines += _comparison_lines(results, rows)
     lines += ["", *data_lines(results)]
     lines += ["", "Privacy spent per partner (final claimed cumulative ε, from the receipts):", ""]
@@ -313,24 +384,35 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Path]:
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     md = "\n".join(lines) + "\n"
     (out / "report.md").write_text(md, encoding="utf-8")
-    body = "".join(f"<p>{html.escape(line)}</p>" for line in lines
-                   if not line.startswith(("|", "!")))
-    table = ""
-    if rows:
-        table = "<table border=1 cellpadding=4><tr>" + "".join(
-            f"<th>{html.escape(h.strip())}</th>"
-            for h in lines[table_at].strip("|").split("|")) + "</tr>"
-        for line in lines[table_at + 2:table_at + 2 + len(rows)]:
-            table += "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>"
-                                      for c in line.strip("|").split("|")) + "</tr>"
-        table += "</table>"
+    body = _html_body(lines)
     images = "".join(f'<img src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"'
                      f' alt="{p.stem}"><br>' for p in plots)
     (out / "report.html").write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>fedadmet report</title>"
-        f"</head><body>{table}{body}{images}</body></html>", encoding="utf-8")
+        f"</head><body>{body}{images}</body></html>", encoding="utf-8")
     return {"results": out / "results.json", "md": out / "report.md",
             "html": out / "report.html", **{p.stem: p for p in plots}}
+
+
+def _html_body(lines: list[str]) -> str:
+    """report.md's lines as HTML: every markdown table a table, every other line a paragraph."""
+    parts: list[str] = []
+    table: list[list[str]] = []
+    for line in [*lines, ""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-: "):  # the |---| separator row is markup only
+                table.append([c.strip() for c in line.strip("|").split("|")])
+            continue
+        if table:
+            head, *body = table
+            parts.append("<table border=1 cellpadding=4><tr>" + "".join(
+                f"<th>{html.escape(h)}</th>" for h in head) + "</tr>" + "".join(
+                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                for row in body) + "</table>")
+            table = []
+        if line and not line.startswith("!"):
+            parts.append(f"<p>{html.escape(line)}</p>")
+    return "".join(parts)
 
 
 def _eps_value(raw: Any) -> float:

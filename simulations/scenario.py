@@ -21,7 +21,9 @@ from simulations.datasets import DATASETS
 __all__ = ["EndpointSource", "Scenario", "load_scenario"]
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
-PARTITIONS = ("scaffold-dirichlet", "quantity-skew", "quantity+scaffold")
+# "column": a natural partition, each partner the rows of its own source (a lab, a
+# company, an assay) named in the CSV column ``partner-column``.
+PARTITIONS = ("scaffold-dirichlet", "quantity-skew", "quantity+scaffold", "column")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +53,7 @@ class Scenario:
     seeds: tuple[int, ...] = (0,)
     endpoints: tuple[EndpointSource, ...] = ()
     partition: str = "scaffold-dirichlet"
+    partner_column: str | None = None  # partition = "column": the CSV column naming the source
     alpha: float = 0.5
     min_partner_size: int = 20
     test_fraction: float = 0.2
@@ -104,6 +107,8 @@ class Scenario:
         d = asdict(self)
         d["epsilon"] = "inf" if math.isinf(self.epsilon) else self.epsilon
         d["epsilon_sweep"] = ["inf" if math.isinf(e) else e for e in self.epsilon_sweep]
+        if d["partner_column"] is None:  # left out unset, so older scenarios keep their digest
+            del d["partner_column"]
         # an unset encoding is left out, so scenarios written before it keep their digest
         d["endpoints"] = [{k: (str(v) if isinstance(v, Path) else v) for k, v in e.items()
                            if not (k == "encoding" and v is None)} for e in d["endpoints"]]
@@ -142,6 +147,18 @@ def _validate(s: Scenario) -> None:
     if not s.consortium:
         raise ConfigError("endpoints", "at least one consortium endpoint is required",
                           fix="add an endpoint without `private-to`")
+    if (s.partition == "column") != (s.partner_column is not None):
+        raise ConfigError("partner-column", "is given exactly when partition = \"column\"",
+                          got={"partition": s.partition, "partner-column": s.partner_column},
+                          fix="partition = \"column\" with partner-column = \"<CSV column>\", "
+                          "or neither")
+    if s.partition == "column":
+        vendored = [e.name for e in s.consortium if e.csv is None]
+        if vendored:
+            raise ConfigError("partition", "a column partition needs every consortium "
+                              "endpoint from a CSV with the partner column", got=vendored,
+                              expected="`csv = ...` endpoints",
+                              fix="use a synthetic partition for vendored datasets")
 
 
 def _epsilons(t: Table, raw: dict[str, Any], source: str) -> list[float]:
@@ -198,6 +215,7 @@ def load_scenario(path: str | Path | None = None) -> Scenario:
         seeds=tuple(t.array("seeds", [0], item_type=int, min_len=1)),
         endpoints=tuple(endpoints),
         partition=t.text("partition", "scaffold-dirichlet", choices=PARTITIONS),
+        partner_column=t.optional_text("partner-column"),
         alpha=t.number("alpha", 0.5, min=0.0, min_exclusive=True),
         min_partner_size=t.integer("min-partner-size", 20, min=1),
         test_fraction=t.number("test-fraction", 0.2, min=0.05, max=0.5),

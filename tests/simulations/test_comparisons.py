@@ -12,11 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chem.featurizers import featurize, get_spec
-from chem.models import ModelSpec, build_model, get_weights
+from chem.models import ModelSpec, build_model, get_weights, predict, set_weights
 from chem.tables import load_table
 from chem.training import Split, fit
 from protocols.endpoints import EndpointSpec
-from simulations.comparisons import compare_partners, gap_closed
+from simulations.comparisons import compare_partners, gap_closed, refit_private_heads, site_spec
 
 FEATURIZER = "ecfp4-count-2048/v1"
 RINGS = ["c1ccccc1", "C1CCCCC1", "c1ccncc1", "C1CCNCC1", "c1ccsc1", "C1CCOC1",
@@ -113,3 +113,45 @@ def test_four_arms_per_partner_and_local_only_beats_the_mean_predictor(
     assert got[(0, "federated")].value < got[(0, "mean-predictor")].value
     # the arms are different models, not one number copied four times
     assert len({round(got[(1, a)].value, 6) for a in arms}) >= 4
+
+
+# ---------------------------------------------------------------- private heads (issue 17, 3)
+def _two_endpoint_spec() -> ModelSpec:
+    return ModelSpec(input_dim=16, hidden_dims=(32,), dropout=0.0,
+                     endpoints=(EndpointSpec(name="shared", task="regression"),
+                                EndpointSpec(name="mine", task="regression"),
+                                EndpointSpec(name="tox", task="classification")))
+
+
+def test_site_spec_scales_private_regression_heads_as_the_site_does() -> None:
+    y = np.array([[1.0, 2.0, 1.0], [3.0, 6.0, 0.0], [5.0, 0.0, 1.0]])
+    m = np.array([[1, 1, 1], [1, 1, 1], [1, 0, 1]], dtype=np.float32)
+    spec = site_spec(_two_endpoint_spec(), {"mine", "tox"}, y, m, ["shared", "mine", "tox"])
+    shared, mine, tox = spec.endpoints
+    assert (shared.target_offset, shared.target_scale) == (0.0, 1.0)  # consortium: agreed
+    assert (mine.target_offset, mine.target_scale) == (4.0, 2.0)  # masked row left out
+    assert (tox.target_offset, tox.target_scale) == (0.0, 1.0)  # classification: none
+
+
+def test_private_heads_are_refitted_to_the_global_trunk_and_nothing_else_moves() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(240, 16)).astype(np.float32)
+    y = np.stack([x[:, 0], 2.0 * x[:, 1] + x[:, 2], (x[:, 3] > 0)], axis=1).astype(np.float32)
+    m = np.ones_like(y)
+    names = ["shared", "mine", "tox"]
+    spec = _two_endpoint_spec()
+    global_weights = {k: v for k, v in get_weights(build_model(spec, seed=1)).items()
+                      if not k.startswith(("heads.mine.", "heads.tox."))}
+    model = build_model(spec, seed=2)  # private heads: fitted to some other trunk
+    set_weights(model, global_weights, strict=True)
+    before = get_weights(model)
+    mae_before = float(np.abs(predict(model, x[200:])[:, 1] - y[200:, 1]).mean())
+    refit_private_heads(model, Split(x[:160], y[:160], m[:160]),
+                        Split(x[160:200], y[160:200], m[160:200]), private={"mine", "tox"},
+                        endpoints=names, global_weights=global_weights, epochs=60, seed=0)
+    after = get_weights(model)
+    for k, v in global_weights.items():  # trunk and consortium head exactly as received
+        assert np.array_equal(after[k], v), k
+    assert not np.array_equal(after["heads.mine.weight"], before["heads.mine.weight"])
+    mae_after = float(np.abs(predict(model, x[200:])[:, 1] - y[200:, 1]).mean())
+    assert mae_after < 0.8 * mae_before

@@ -171,3 +171,45 @@ def test_report_lists_every_sources_rows_and_each_partners(tmp_path: Path) -> No
     assert "| 0 | 0 | 50 | 50 | 0 | 0 | lipophilicity 50 / 12 |" in md
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["seeds"][0]["data"]["endpoints"]["lipophilicity"]["rejected"] == 3
+
+
+# ---------------------------------------------------------------- figures of merit (issue 17, 5)
+def test_aggregate_share_wins_and_median_are_reported(tmp_path: Path) -> None:
+    write_report(_results(), tmp_path)
+    fom = json.loads((tmp_path / "results.json").read_text())["figures_of_merit"]
+    ft, fed = fom["federated+finetune"], fom["federated"]
+    # seed means: P0 lipo gains 0.2 of 0.3; P1 bbb loses 0.03 of 0.1; P1 lipo gains 0.02 of 0
+    assert math.isclose(ft["aggregate"], (0.2 - 0.03 + 0.02) / 0.4)
+    assert math.isclose(fed["aggregate"], (0.1 - 0.05 + 0.01) / 0.4)
+    assert (ft["wins"], ft["cells"], ft["beats_mean_predictor"]) == (2, 3, 3)
+    # the P1 lipophilicity ratio is undefined (no gap): median over the other two
+    assert math.isclose(ft["median"], (2 / 3 - 0.3) / 2) and ft["ratios_defined"] == 2
+    assert fom["cells"] == "consortium" and "final round" in fom["reported_model"]
+    md = (tmp_path / "report.md").read_text()
+    assert "| federated + fine-tune | **0.48** | 2 of 3 | 3 of 3 | 0.18 |" in md
+    assert "final round's global model" in md
+    assert "<td>**0.48**</td>" in (tmp_path / "report.html").read_text()
+
+
+def test_one_seed_prints_no_spread(tmp_path: Path) -> None:
+    results = _results()
+    results["seeds"] = results["seeds"][:1]
+    results["scenario"]["seeds"] = [0]
+    write_report(results, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "± 0.000" not in md and "| 0.900 | 0.800 | 0.700 | 0.600 |" in md
+    write_report(_results(), tmp_path)
+    assert "0.905 ± 0.005" in (tmp_path / "report.md").read_text()
+
+
+def test_an_all_private_consortium_is_judged_on_its_private_cells(tmp_path: Path) -> None:
+    results = _results()
+    results["scenario"]["endpoints"] = [
+        {"name": "lipophilicity", "private_to": 0}, {"name": "bbb", "private_to": 1}]
+    write_report(results, tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["finetune_beats_local"]["cells"] == 0
+    fom = saved["figures_of_merit"]
+    assert fom["cells"] == "private" and fom["federated+finetune"]["cells"] == 3
+    md = (tmp_path / "report.md").read_text()
+    assert "over the private cells" in md and "consortium cells on seed means" not in md

@@ -161,3 +161,40 @@ def test_hidden_dims_override_is_parsed_and_checked() -> None:
     assert _hidden_dims("512,128") == (512, 128)
     with pytest.raises(ConfigError, match="hidden-dims"):
         _hidden_dims("512,x")
+
+
+# ---------------------------------------------------------------- column partition (issue 17, 4)
+COLUMN = """
+name = "natural"
+partners = 2
+rounds = 1
+epsilon = 8.0
+partition = "column"
+partner-column = "lab"
+
+[endpoints.herg]
+csv = "herg.csv"
+task = "regression"
+"""
+
+
+def test_a_column_partition_names_its_partner_column(tmp_path: Path) -> None:
+    (tmp_path / "herg.csv").write_text("smiles,target,lab\nCCO,5,a\n")
+    s = load_scenario(_write(tmp_path, COLUMN))
+    assert (s.partition, s.partner_column) == ("column", "lab")
+    assert s.to_dict()["partner_column"] == "lab"
+    assert "partner_column" not in load_scenario("tiny").to_dict()  # old digests unchanged
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    (COLUMN.replace('partner-column = "lab"\n', ""), "partner-column"),
+    (COLUMN.replace('partition = "column"\n', ""), "partner-column"),
+    (COLUMN.replace('partner-column = "lab"', 'partner-column = "lab"\npartner-colum = "x"'),
+     "partner-colum"),
+    (COLUMN + '\n[endpoints.lipophilicity]\ndataset = "lipophilicity"\n', "partition"),
+])
+def test_a_bad_column_partition_is_refused_by_name(tmp_path: Path, text: str, key: str) -> None:
+    (tmp_path / "herg.csv").write_text("smiles,target,lab\nCCO,5,a\n")
+    with pytest.raises(ConfigError) as err:
+        load_scenario(_write(tmp_path, text))
+    assert err.value.key == key
