@@ -64,13 +64,15 @@ def main() -> None:
     plan = audit_plan(sc, shadows=args.shadows, canaries=args.canaries, runs=args.runs,
                       audit_epsilon=args.audit_epsilon, canary_rows=args.canary_rows)
     stages: dict[str, float] = {}
-    last = [time.perf_counter(), ""]
+    since: dict[str, float] = {}  # the current stage -> when it began
 
     def progress(stage: str, done: int, total: int) -> None:
         now = time.perf_counter()
-        if last[1]:
-            stages[str(last[1])] = stages.get(str(last[1]), 0.0) + now - float(last[0])
-        last[:] = [now, stage]
+        for name, began in since.items():
+            stages[name] = stages.get(name, 0.0) + now - began
+        since.clear()
+        if stage:
+            since[stage] = now
 
     def cpu() -> float:
         r = resource.getrusage(resource.RUSAGE_SELF)
