@@ -368,6 +368,16 @@ def _start_daemon(tmp_path: Path, body: str) -> tuple[subprocess.Popen[bytes], l
     return daemon, pids
 
 
+def _kill_all(daemon: subprocess.Popen[bytes], pids: list[int]) -> None:
+    """Clean-up by PID, whatever the test saw: every child, then the daemon."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if daemon.poll() is None:
+        daemon.kill()
+    daemon.wait(timeout=10)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_stopping_the_daemon_stops_every_process_it_started(tmp_path: Path,
                                                             sig: signal.Signals) -> None:
@@ -384,12 +394,7 @@ def test_stopping_the_daemon_stops_every_process_it_started(tmp_path: Path,
         _wait_for(lambda: not any(_alive(p) for p in pids), timeout_s=15,
                   what="every process the daemon started to stop")
     finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait(timeout=10)
+        _kill_all(daemon, pids)
 
 
 def test_supernode_and_superexec_stop_when_the_daemon_is_killed(tmp_path: Path) -> None:
@@ -403,6 +408,4 @@ def test_supernode_and_superexec_stop_when_the_daemon_is_killed(tmp_path: Path) 
         _wait_for(lambda: not any(_alive(p) for p in pids), timeout_s=15,
                   what="the SuperNode and SuperExec to stop with their daemon")
     finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        _kill_all(daemon, pids)
